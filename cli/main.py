@@ -1,0 +1,39 @@
+"""The `llmtool` entry point: wires the sub-commands, nothing else."""
+
+from typing import Annotated
+
+import typer
+
+from . import generate, models
+
+app = typer.Typer(
+    name="llmtool",
+    help="Deploy LLMs from one tool: inspect and export models, generate text.\n\n"
+    "Example: llmtool models inspect smollm2-135m",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models.app, name="models")
+app.command("generate")(generate.generate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"llmtool {version('llmtool')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Deploy LLMs from one tool."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,161 @@
+"""Reading a GGUF file as a Llama-family model: metadata -> HF config, tensors -> HF names.
+
+Quantized tensors are dequantized with gguf-py; llama.cpp's q/k row permutation (for its
+interleaved rotary layout) is undone so the same forward pass serves GGUF and HF weights.
+"""
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ModelError
+from .spec import ModelSpec, spec_from_hf_config
+
+# GGUF architecture -> (HF architecture, does llama.cpp permute q/k rows for it?)
+GGUF_ARCHITECTURES = {"llama": ("LlamaForCausalLM", True), "qwen2": ("Qwen2ForCausalLM", False)}
+
+# GGUF tensor name (after "blk.N.") -> HF name (after "model.layers.N.")
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+
+
+def hf_tensor_name(gguf_name: str) -> str | None:
+    """'blk.3.attn_q.weight' -> 'model.layers.3.self_attn.q_proj.weight'; None if not a weight we use."""
+    stem, _, suffix = gguf_name.rpartition(".")
+    if stem in _GLOBAL_NAMES:
+        return f"{_GLOBAL_NAMES[stem]}.{suffix}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+    return None
+
+
+class GGUFSource:
+    def __init__(self, path: Path):
+        import gguf  # gguf-py parses the whole header eagerly; import only when used
+
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(str(path))
+        except Exception as e:
+            raise ModelError(f"{path} is not a valid GGUF file ({e})") from None
+        self.arch = self.field("general.architecture")
+        if self.arch not in GGUF_ARCHITECTURES:
+            supported = ", ".join(GGUF_ARCHITECTURES)
+            raise ModelError(f"unsupported GGUF architecture '{self.arch}': supported are {supported}")
+
+    def field(self, key: str, default=None):
+        f = self.reader.fields.get(key)
+        if f is None:
+            return default
+        return f.contents()
+
+    def arch_field(self, key: str, default=None):
+        return self.field(f"{self.arch}.{key}", default)
+
+    def hf_config(self) -> dict:
+        """A config.json equivalent of the GGUF metadata."""
+        hf_arch, _ = GGUF_ARCHITECTURES[self.arch]
+        names = {t.name for t in self.reader.tensors}
+        n_head = self._required("attention.head_count")
+        vocab = self.arch_field("vocab_size") or len(self.field("tokenizer.ggml.tokens", []))
+        config = {
+            "architectures": [hf_arch],
+            "model_type": self.arch,
+            "vocab_size": vocab,
+            "hidden_size": self._required("embedding_length"),
+            "intermediate_size": self._required("feed_forward_length"),
+            "num_hidden_layers": self._required("block_count"),
+            "num_attention_heads": n_head,
+            "num_key_value_heads": self.arch_field("attention.head_count_kv", n_head),
+            "max_position_embeddings": self.arch_field("context_length", 4096),
+            "rms_norm_eps": float(self.arch_field("attention.layer_norm_rms_epsilon", 1e-6)),
+            "rope_theta": float(self.arch_field("rope.freq_base", 10000.0)),
+            "tie_word_embeddings": "output.weight" not in names,
+            "attention_bias": "blk.0.attn_q.bias" in names and self.arch == "llama",
+            "bos_token_id": self.field("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": self.field("tokenizer.ggml.eos_token_id"),
+            "_name_or_path": self.field("general.name", self.path.stem),
+        }
+        key_length = self.arch_field("attention.key_length")
+        if key_length:
+            config["head_dim"] = key_length
+        scaling = self.arch_field("rope.scaling.type")
+        if scaling and scaling != "none":
+            config["rope_scaling"] = {"rope_type": scaling, "factor": self.arch_field("rope.scaling.factor", 1.0)}
+        return config
+
+    def spec(self) -> ModelSpec:
+        spec = spec_from_hf_config(self.hf_config())
+        freqs = next((t for t in self.reader.tensors if t.name == "rope_freqs.weight"), None)
+        if freqs is not None:  # Llama-3 rope scaling, stored as per-frequency divisors
+            factors = tuple(float(x) for x in np.asarray(freqs.data, dtype=np.float32).ravel())
+            spec = replace(spec, rope=replace(spec.rope, freq_factors=factors))
+        return spec
+
+    def tensor_types(self) -> dict[str, str]:
+        return {t.name: t.tensor_type.name for t in self.reader.tensors}
+
+    def num_tensors(self) -> int:
+        return sum(hf_tensor_name(t.name) is not None for t in self.reader.tensors)
+
+    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, fp32 tensor in torch layout) for every model weight."""
+        from gguf.quants import dequantize
+
+        n_head = self.arch_field("attention.head_count")
+        n_head_kv = self.arch_field("attention.head_count_kv", n_head)
+        _, permuted = GGUF_ARCHITECTURES[self.arch]
+        for t in self.reader.tensors:
+            name = hf_tensor_name(t.name)
+            if name is None:
+                continue
+            try:
+                array = dequantize(t.data, t.tensor_type)
+            except Exception as e:
+                raise ModelError(f"cannot read tensor {t.name} from {self.path.name}: {e}") from None
+            # gguf dims are reversed relative to torch; numpy's view already has torch order.
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            # F32 tensors come back as read-only views of the memory-mapped file: copy those.
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            if not array.flags.writeable:
+                array = array.copy()
+            tensor = torch.from_numpy(array).reshape(shape)
+            if permuted and ".q_proj." in name:
+                tensor = unpermute_rows(tensor, n_head)
+            elif permuted and ".k_proj." in name:
+                tensor = unpermute_rows(tensor, n_head_kv)
+            yield name, tensor
+
+    def _required(self, key: str):
+        value = self.arch_field(key)
+        if value is None:
+            raise ModelError(f"{self.path.name} lacks the metadata key {self.arch}.{key}")
+        return value
+
+
+def unpermute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Inverse of llama.cpp's convert-time permute (interleaved -> rotate-half row order)."""
+    rows = w.shape[0]
+    rest = w.shape[1:]
+    return w.reshape(n_head, rows // n_head // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """llama.cpp's convert-time permute (rotate-half -> interleaved row order)."""
+    rows = w.shape[0]
+    rest = w.shape[1:]
+    return w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)

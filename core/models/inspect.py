@@ -1,0 +1,122 @@
+"""inspect_model: what a model is, read from headers only (no weights are loaded)."""
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..runtime import dtype_name, resolve_dtype
+from . import checkpoint
+from .gguf_source import GGUFSource, hf_tensor_name
+from .resolve import ModelSource, SourceFormat, resolve_model
+from .spec import ModelSpec, spec_from_hf_config
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str  # as stored in the file
+    shape: tuple[int, ...]  # torch order
+    type: str  # "F32", "Q4_1", "BF16", ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    reference: str
+    path: str
+    format: str  # "gguf" | "hf-dir"
+    origin: str  # "alias" | "path" | "hub"
+    name: str
+    architecture: str  # HF architecture name
+    num_params: int  # counted from the stored tensors (tied embeddings once)
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    context_length: int
+    tie_word_embeddings: bool
+    rope: str
+    has_chat_template: bool
+    file_bytes: int
+    runtime_dtype: str  # what `auto` picks on this machine
+    kv_bytes_per_token: dict[str, int]  # by KV dtype
+    tensor_types: dict[str, int]  # type -> number of tensors
+    tensors: list[TensorInfo]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def inspect_model(reference: str | ModelSource) -> ModelInfo:
+    source = resolve_model(reference) if isinstance(reference, str) else reference
+    if source.format is SourceFormat.GGUF:
+        spec, tensors, chat, size = _inspect_gguf(source.path)
+    else:
+        spec, tensors, chat, size = _inspect_dir(source.path)
+    runtime = resolve_dtype("auto")
+    return ModelInfo(
+        reference=source.reference,
+        path=str(source.path),
+        format=source.format.value,
+        origin=source.origin,
+        name=spec.name,
+        architecture=spec.hf_architecture,
+        num_params=sum(math.prod(t.shape) for t in tensors if _is_weight(t.name)),
+        num_layers=spec.num_layers,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_heads=spec.num_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        vocab_size=spec.vocab_size,
+        context_length=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        rope=_describe_rope(spec),
+        has_chat_template=chat,
+        file_bytes=size,
+        runtime_dtype=dtype_name(runtime),
+        kv_bytes_per_token={name: spec.kv_bytes_per_token(n) for name, n in (("fp32", 4), ("bf16", 2), ("fp8", 1))},
+        tensor_types=dict(Counter(t.type for t in tensors).most_common()),
+        tensors=tensors,
+    )
+
+
+def _is_weight(name: str) -> bool:
+    return hf_tensor_name(name) is not None or name.startswith(("model.", "lm_head."))
+
+
+def _inspect_gguf(path: Path) -> tuple[ModelSpec, list[TensorInfo], bool, int]:
+    gguf = GGUFSource(path)
+    tensors = [
+        TensorInfo(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name)
+        for t in gguf.reader.tensors
+    ]
+    return gguf.spec(), tensors, gguf.field("tokenizer.chat_template") is not None, path.stat().st_size
+
+
+def _inspect_dir(path: Path) -> tuple[ModelSpec, list[TensorInfo], bool, int]:
+    spec = spec_from_hf_config(checkpoint.read_config(path))
+    index = checkpoint.tensor_index(path)
+    tensors = [TensorInfo(name, shape, dtype) for name, (_, dtype, shape) in sorted(index.items())]
+    chat = (path / "chat_template.jinja").is_file() or "chat_template" in _json(path / "tokenizer_config.json")
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return spec, tensors, chat, size
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_rope(spec: ModelSpec) -> str:
+    r = spec.rope
+    if r.freq_factors is not None:
+        return f"theta {r.theta:g}, llama3 (frequency factors)"
+    if r.kind == "default":
+        return f"theta {r.theta:g}"
+    return f"theta {r.theta:g}, {r.kind} x{r.factor:g}"

@@ -1,0 +1,114 @@
+"""The Llama-family forward pass (Llama 2/3, SmolLM2, Mistral, Qwen2), our own.
+
+Tokens of all sequences are packed into one dimension [N] (varlen, no padding), which is
+what the engine schedules; attention goes through an AttentionContext (see context.py).
+Parameter names match transformers' so HF checkpoints load and export without renaming.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...kernels import apply_rotary, rms_norm
+from .context import AttentionContext
+from .rope import RotaryTable
+from .spec import ModelSpec
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int):
+        super().__init__()
+        h = spec.hidden_size
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.q_proj = nn.Linear(h, spec.q_size, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(h, spec.kv_size, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(h, spec.kv_size, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(spec.q_size, h, bias=spec.o_bias)
+
+    def forward(self, x, cos, sin, ctx: AttentionContext):
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = ctx.attend(self.layer_idx, q, k, v)  # [N, Hq, D]
+        return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        h, i = spec.hidden_size, spec.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=spec.mlp_bias)
+        self.up_proj = nn.Linear(h, i, bias=spec.mlp_bias)
+        self.down_proj = nn.Linear(i, h, bias=spec.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.self_attn = Attention(spec, layer_idx)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.mlp = MLP(spec)
+
+    def forward(self, x, cos, sin, ctx):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """HF's `model.*` submodule: embeddings, decoder layers, final norm."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.model = Backbone(spec)
+        self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.rotary = RotaryTable(spec.rope, spec.head_dim)
+
+    def tie_weights(self) -> None:
+        if self.spec.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """input_ids, positions [N] (all sequences packed) -> final hidden states [N, hidden]."""
+        x = self.model.embed_tokens(input_ids)  # [N, h]
+        cos, sin = self.rotary.lookup(positions, x.dtype)  # [N, D] each
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, ctx)
+        return self.model.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, h] -> fp32 logits [N, vocab]; callers pass only the rows they sample."""
+        return self.lm_head(hidden).float()

@@ -1,0 +1,100 @@
+"""load_model: a model reference -> our LlamaForCausalLM with weights, tokenizer and spec."""
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ModelError
+from ..progress import ProgressFn, no_progress
+from ..runtime import configure_threads, default_device, resolve_dtype
+from . import checkpoint
+from .gguf_source import GGUFSource
+from .llama import LlamaForCausalLM
+from .resolve import ModelSource, SourceFormat, resolve_model
+from .spec import ModelSpec, spec_from_hf_config
+from .tokenizer import has_tokenizer, load_tokenizer_dir, load_tokenizer_gguf
+
+
+@dataclass
+class LoadedModel:
+    source: ModelSource
+    spec: ModelSpec
+    model: LlamaForCausalLM
+    tokenizer: object | None  # a transformers tokenizer; None for a weights-only directory
+    dtype: torch.dtype
+    device: torch.device
+    load_seconds: float
+
+    def require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ModelError(f"{self.source.reference} has no tokenizer files; this command needs one")
+        return self.tokenizer
+
+
+def load_spec(source: ModelSource) -> ModelSpec:
+    if source.format is SourceFormat.GGUF:
+        return GGUFSource(source.path).spec()
+    return spec_from_hf_config(checkpoint.read_config(source.path))
+
+
+def load_model(
+    reference: str | ModelSource,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | torch.device | None = None,
+    with_tokenizer: bool = True,
+    progress: ProgressFn = no_progress,
+) -> LoadedModel:
+    start = time.perf_counter()
+    source = resolve_model(reference) if isinstance(reference, str) else reference
+    device = torch.device(device) if device is not None else default_device()
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else resolve_dtype(dtype, device)
+    if device.type == "cpu":
+        configure_threads()
+
+    if source.format is SourceFormat.GGUF:
+        gguf = GGUFSource(source.path)
+        spec, tensors, total = gguf.spec(), gguf.iter_tensors(), gguf.num_tensors()
+    else:
+        spec = spec_from_hf_config(checkpoint.read_config(source.path))
+        total = len(checkpoint.tensor_index(source.path))
+        tensors = checkpoint.iter_tensors(source.path)
+
+    model = _build(spec, tensors, total, torch_dtype, device, progress)
+
+    tokenizer = None
+    if with_tokenizer:
+        if source.format is SourceFormat.GGUF:
+            tokenizer = load_tokenizer_gguf(source.path)
+        elif has_tokenizer(source.path):
+            tokenizer = load_tokenizer_dir(source.path)
+    return LoadedModel(source, spec, model, tokenizer, torch_dtype, device, time.perf_counter() - start)
+
+
+def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: ProgressFn) -> LlamaForCausalLM:
+    # Build on the meta device (no memory), then adopt each checkpoint tensor as it streams in.
+    with torch.device("meta"):
+        model = LlamaForCausalLM(spec)
+    expected = dict(model.state_dict())
+    if spec.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    state = {}
+    progress("loading weights", 0, total)
+    for i, (name, tensor) in enumerate(tensors, 1):
+        progress("loading weights", i, total)
+        if name not in expected:
+            continue  # e.g. a redundant lm_head.weight in a tied checkpoint, rotary buffers
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelError(
+                f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
+            )
+        state[name] = tensor.to(device=device, dtype=dtype)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelError(f"checkpoint is missing tensors: {', '.join(missing[:3])}{more}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    return model.eval()
+

@@ -1,0 +1,18 @@
+"""Numeric kernels behind one dispatch: each op has a pure-torch reference (the spec)
+and, where it pays, a faster path with the same signature, tested against the reference.
+
+Imports neither llmtool.cli nor llmtool.core.
+"""
+
+from .attention import varlen_attention, varlen_attention_ref
+from .norm import rms_norm, rms_norm_ref
+from .rotary import apply_rotary, apply_rotary_ref
+
+__all__ = [
+    "apply_rotary",
+    "apply_rotary_ref",
+    "rms_norm",
+    "rms_norm_ref",
+    "varlen_attention",
+    "varlen_attention_ref",
+]

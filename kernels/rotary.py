@@ -1,0 +1,22 @@
+"""Rotary position embedding in the HF (rotate-half) layout.
+
+GGUF files store q/k rows permuted for llama.cpp's interleaved layout; the GGUF loader
+undoes that permutation, so one layout serves every weight source.
+"""
+
+import torch
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D]; cos, sin [N, D] (already in x's dtype) -> [N, H, D]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [N, 1, D]
+    return x * cos + _rotate_half(x) * sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return apply_rotary_ref(x, cos, sin)
