@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random HF models saved to disk, and the default model."""
+
+import pytest
+import torch
+
+
+def _save_tiny(path, family: str, **overrides):
+    """A small random HF model of `family`, saved as safetensors; returns the HF model (fp32, eval)."""
+    import transformers
+
+    base = dict(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        initializer_range=0.15,  # sharper logits than the default 0.02: no near-ties in argmax
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    base.update(overrides)
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[family]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**base)).eval()
+    # Biases default to zero; randomise them so the bias paths are really exercised.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.1)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+# family, config overrides: each case covers a distinct code path of our forward.
+TINY_CASES = {
+    "llama-gqa": ("llama", {}),
+    "llama-tied-llama3rope-bias": (
+        "llama",
+        dict(
+            tie_word_embeddings=True,
+            attention_bias=True,
+            mlp_bias=True,
+            num_key_value_heads=1,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+    ),
+    "llama-linear-rope-mha": (
+        "llama",
+        dict(num_key_value_heads=4, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+    ),
+    "mistral-sliding-window": ("mistral", dict(sliding_window=16)),
+    "qwen2-bias-tied": ("qwen2", dict(tie_word_embeddings=True)),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(TINY_CASES))
+def tiny_model(request, tmp_path_factory):
+    """(case name, saved directory, HF model) for each tiny architecture case."""
+    family, overrides = TINY_CASES[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    return request.param, path, _save_tiny(path, family, **overrides)
+
+
+def hf_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
+    """transformers' greedy continuation, exactly `new_tokens` long, running through EOS as
+    our greedy_generate does without stop ids (min_new_tokens would instead mask EOS)."""
+    config = model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = None
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, pad_token_id=0
+            )
+    finally:
+        config.eos_token_id = saved
+    return out[0, len(ids) :].tolist()
