@@ -21,7 +21,9 @@ def generate(
     model: ModelOpt = DEFAULT_MODEL,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to generate.")] = 64,
     raw: Annotated[bool, typer.Option("--raw", help="Complete the text as is; no chat template.")] = False,
-    system: Annotated[str | None, typer.Option("--system", help="System message for the chat template.")] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System message for the chat template.")
+    ] = None,
     dtype: DtypeOpt = "auto",
     json_path: JsonOpt = None,
     config: ConfigOpt = None,

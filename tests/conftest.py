@@ -61,7 +61,10 @@ TINY_CASES = {
     ),
     "llama-linear-rope-mha": (
         "llama",
-        dict(num_key_value_heads=4, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}),
+        dict(
+            num_key_value_heads=4,
+            rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0},
+        ),
     ),
     "mistral-sliding-window": ("mistral", dict(sliding_window=16)),
     "qwen2-bias-tied": ("qwen2", dict(tie_word_embeddings=True)),

@@ -102,5 +102,7 @@ def test_export_reloads_in_transformers(ours, tmp_path):
 
     # And our loader reads its own export back to the same weights.
     again = load_model(str(out), dtype="fp32", device="cpu", with_tokenizer=False)
-    for (name, a), (_, b) in zip(ours.model.state_dict().items(), again.model.state_dict().items(), strict=True):
+    for (name, a), (_, b) in zip(
+        ours.model.state_dict().items(), again.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name

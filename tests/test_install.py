@@ -25,7 +25,9 @@ def test_non_editable_install(tmp_path):
     subprocess.run([*pip, "typer", "rich"], check=True, cwd=tmp_path)
 
     site = Path(
-        subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip()
+        subprocess.check_output(
+            [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
     )
     top = {p.name for p in site.iterdir()}
     assert "llmtool" in top
@@ -33,12 +35,18 @@ def test_non_editable_install(tmp_path):
     assert not (site / "llmtool" / "__init__.py").exists(), "llmtool must stay a namespace package"
     assert (site / "llmtool" / "core" / "models" / "llama.py").is_file()
 
-    help_run = subprocess.run([str(env_dir / "bin" / "llmtool"), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    help_run = subprocess.run(
+        [str(env_dir / "bin" / "llmtool"), "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert help_run.returncode == 0, help_run.stderr
     assert "models" in help_run.stdout and "generate" in help_run.stdout
 
-    imported = subprocess.run([str(py), "-c", "import llmtool.core, sys; print('torch' in sys.modules)"],
-                              capture_output=True, text=True, cwd=tmp_path)
+    imported = subprocess.run(
+        [str(py), "-c", "import llmtool.core, sys; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.strip() == "False"
 

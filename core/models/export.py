@@ -103,8 +103,10 @@ def _write_weights(loaded: LoadedModel, folder: Path, progress: ProgressFn) -> d
     progress("writing safetensors", len(groups), len(groups))
     if len(groups) > 1:
         weight_map = {n: fname for fname, group in shards.items() for n in group}
-        index = {"metadata": {"total_size": sum(s.numel() * s.element_size() for s in state.values())},
-                 "weight_map": weight_map}
+        index = {
+            "metadata": {"total_size": sum(s.numel() * s.element_size() for s in state.values())},
+            "weight_map": weight_map,
+        }
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return shards
 

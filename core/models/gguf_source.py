@@ -95,7 +95,10 @@ class GGUFSource:
             config["head_dim"] = key_length
         scaling = self.arch_field("rope.scaling.type")
         if scaling and scaling != "none":
-            config["rope_scaling"] = {"rope_type": scaling, "factor": self.arch_field("rope.scaling.factor", 1.0)}
+            config["rope_scaling"] = {
+                "rope_type": scaling,
+                "factor": self.arch_field("rope.scaling.factor", 1.0),
+            }
         return config
 
     def spec(self) -> ModelSpec:

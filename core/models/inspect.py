@@ -78,7 +78,9 @@ def inspect_model(reference: str | ModelSource) -> ModelInfo:
         has_chat_template=chat,
         file_bytes=size,
         runtime_dtype=dtype_name(runtime),
-        kv_bytes_per_token={name: spec.kv_bytes_per_token(n) for name, n in (("fp32", 4), ("bf16", 2), ("fp8", 1))},
+        kv_bytes_per_token={
+            name: spec.kv_bytes_per_token(n) for name, n in (("fp32", 4), ("bf16", 2), ("fp8", 1))
+        },
         tensor_types=dict(Counter(t.type for t in tensors).most_common()),
         tensors=tensors,
     )
@@ -101,7 +103,9 @@ def _inspect_dir(path: Path) -> tuple[ModelSpec, list[TensorInfo], bool, int]:
     spec = spec_from_hf_config(checkpoint.read_config(path))
     index = checkpoint.tensor_index(path)
     tensors = [TensorInfo(name, shape, dtype) for name, (_, dtype, shape) in sorted(index.items())]
-    chat = (path / "chat_template.jinja").is_file() or "chat_template" in _json(path / "tokenizer_config.json")
+    chat = (path / "chat_template.jinja").is_file() or "chat_template" in _json(
+        path / "tokenizer_config.json"
+    )
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     return spec, tensors, chat, size
 

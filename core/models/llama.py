@@ -101,7 +101,9 @@ class LlamaForCausalLM(nn.Module):
     def device(self) -> torch.device:
         return self.model.embed_tokens.weight.device
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext
+    ) -> torch.Tensor:
         """input_ids, positions [N] (all sequences packed) -> final hidden states [N, hidden]."""
         x = self.model.embed_tokens(input_ids)  # [N, h]
         cos, sin = self.rotary.lookup(positions, x.dtype)  # [N, D] each

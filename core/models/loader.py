@@ -97,4 +97,3 @@ def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: Progre
     model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     return model.eval()
-

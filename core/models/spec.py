@@ -86,9 +86,7 @@ def spec_from_hf_config(config: dict) -> ModelSpec:
         family = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(config.get("model_type", ""))
     if family is None:
         got = ", ".join(archs) or config.get("model_type") or "unknown"
-        raise ModelError(
-            f"unsupported architecture '{got}': supported are {', '.join(HF_ARCHITECTURES)}"
-        )
+        raise ModelError(f"unsupported architecture '{got}': supported are {', '.join(HF_ARCHITECTURES)}")
     act = config.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise ModelError(f"unsupported activation '{act}': the Llama family uses silu")
