@@ -3,6 +3,19 @@
 import pytest
 import torch
 
+# A one-layer Llama config.json: resolves as a model directory without writing any weights.
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": True,
+}
+
 
 def _save_tiny(path, family: str, **overrides):
     """A small random HF model of `family`, saved as safetensors; returns the HF model (fp32, eval)."""

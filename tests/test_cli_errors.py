@@ -24,20 +24,9 @@ from llmtool.core.errors import ModelError
 from llmtool.core.models import aliases
 from llmtool.core.models.resolve import resolve_model
 
-LLMTOOL = Path(sys.executable).parent / "llmtool"
+from .conftest import TINY_LLAMA
 
-# A one-layer Llama: big enough to be valid, small enough to write in milliseconds.
-TINY_LLAMA = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 256,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "tie_word_embeddings": True,
-}
+LLMTOOL = Path(sys.executable).parent / "llmtool"
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -16,19 +16,10 @@ from typer.testing import CliRunner
 
 from llmtool.cli.main import app
 
+from .conftest import TINY_LLAMA
+
 LLMTOOL = Path(sys.executable).parent / "llmtool"
 SAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "sample_configs").glob("*.toml"))
-# config.json alone resolves as a model directory; the dtype is checked before weights are read.
-TINY_LLAMA = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "vocab_size": 256,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-}
 
 
 def invoke(*args: str):
