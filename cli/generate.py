@@ -32,7 +32,9 @@ def generate(
 
     Example: llmtool generate "What is a GPU?" --max-tokens 48
     """
-    from ..core.models.generate import IncrementalDecoder, greedy_generate
+    from ..core.engine.detokenizer import Detokenizer
+    from ..core.engine.sampling_params import SamplingParams
+    from ..core.models.generate import greedy_generate
     from ..core.models.loader import load_model
     from ..core.runtime import dtype_name
 
@@ -50,7 +52,7 @@ def generate(
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer.encode(text, add_special_tokens=False)
 
-    decoder = IncrementalDecoder(tokenizer)
+    detokenizer = Detokenizer(tokenizer, prompt_ids, SamplingParams(max_tokens=max_tokens))
     to_terminal = json_path is None or str(json_path) != "-"
     first_token_at: list[float] = []
 
@@ -58,13 +60,15 @@ def generate(
         if not first_token_at:
             first_token_at.append(time.perf_counter())
         if to_terminal:
-            console.print(decoder.push(token_id), end="", soft_wrap=True, highlight=False, markup=False)
+            console.print(
+                detokenizer.push([token_id]).text, end="", soft_wrap=True, highlight=False, markup=False
+            )
 
     start = time.perf_counter()
     output_ids = greedy_generate(loaded.model, prompt_ids, max_tokens, loaded.spec.eos_token_ids, on_token)
     elapsed = time.perf_counter() - start
     if to_terminal:
-        console.print()
+        console.print(detokenizer.flush(), soft_wrap=True, highlight=False, markup=False)
     ttft = first_token_at[0] - start
     decode_rate = (len(output_ids) - 1) / (elapsed - ttft) if len(output_ids) > 1 else 0.0
     stats = {

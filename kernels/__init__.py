@@ -6,13 +6,18 @@ Imports neither llmtool.cli nor llmtool.core.
 
 from .attention import varlen_attention, varlen_attention_ref
 from .norm import rms_norm, rms_norm_ref
+from .paged_attention import paged_attention, paged_attention_ref, write_kv, write_kv_ref
 from .rotary import apply_rotary, apply_rotary_ref
 
 __all__ = [
     "apply_rotary",
     "apply_rotary_ref",
+    "paged_attention",
+    "paged_attention_ref",
     "rms_norm",
     "rms_norm_ref",
     "varlen_attention",
     "varlen_attention_ref",
+    "write_kv",
+    "write_kv_ref",
 ]

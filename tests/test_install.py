@@ -33,7 +33,11 @@ def test_non_editable_install(tmp_path):
     assert "llmtool" in top
     assert not {"cli", "core", "kernels"} & top, f"generic names leaked into site-packages: {top}"
     assert not (site / "llmtool" / "__init__.py").exists(), "llmtool must stay a namespace package"
-    assert (site / "llmtool" / "core" / "models" / "llama.py").is_file()
+    # Every source package must be installed (a subpackage missing from pyproject's list is not).
+    for init in (REPO / "cli", REPO / "core", REPO / "kernels"):
+        for pkg in init.rglob("__init__.py"):
+            rel = pkg.parent.relative_to(REPO)
+            assert (site / "llmtool" / rel / "__init__.py").is_file(), f"{rel} is not installed"
 
     help_run = subprocess.run(
         [str(env_dir / "bin" / "llmtool"), "--help"], capture_output=True, text=True, cwd=tmp_path

@@ -41,23 +41,3 @@ def greedy_generate(
         ids = torch.tensor([token], device=device)
         positions = positions[-1:] + 1
     return out
-
-
-class IncrementalDecoder:
-    """Turns a growing list of token ids into text deltas, never splitting a UTF-8 character.
-
-    Byte-level BPE can end a token mid-character; such text decodes to U+FFFD, so a delta
-    is held back until the character completes."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = ""
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""
-        delta, self.emitted = text[len(self.emitted) :], text
-        return delta

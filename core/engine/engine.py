@@ -1,0 +1,239 @@
+"""Engine: add_request / step / abort, and generate() for offline batches.
+
+step() is schedule -> run -> sample -> update -> detokenize. Everything a server or a
+benchmark needs to report (deltas, timings, cache and queue figures) comes out of here.
+"""
+
+import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+
+from ..errors import UsageError
+from ..models.loader import LoadedModel, load_model
+from .block_manager import BlockManager
+from .config import EngineConfig, default_kv_cache_bytes
+from .detokenizer import Detokenizer
+from .model_runner import ModelRunner
+from .sampler import Sampler, TokenLogprobs
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler, SchedulerConfig
+from .sequence import FinishReason, Sequence
+
+
+@dataclass
+class RequestOutput:
+    """What one step added to one request (a delta), plus its totals so far."""
+
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+    new_logprobs: list[TokenLogprobs] | None = None
+
+
+@dataclass
+class Completion:
+    """A finished request, as generate() returns it."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    num_cached_tokens: int
+    ttft: float  # seconds from arrival to first token
+    token_times: list[float] = field(default_factory=list)  # engine clock, one per token
+    logprobs: list[TokenLogprobs] | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of blocks in use
+    num_blocks: int
+    block_size: int
+    prefix_cache_queries: int  # tokens looked up
+    prefix_cache_hits: int  # tokens found
+    num_preemptions: int
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig = EngineConfig(),
+        loaded: LoadedModel | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.loaded = loaded or load_model(config.model, dtype=config.dtype, device=config.device)
+        self.tokenizer = self.loaded.tokenizer
+        spec = self.loaded.spec
+        self.clock = clock
+        kv_bytes = config.kv_cache_memory or default_kv_cache_bytes(self.loaded.device)
+        token_bytes = spec.kv_bytes_per_token(self.loaded.model.dtype.itemsize)
+        num_blocks = kv_bytes // (token_bytes * config.block_size)
+        capacity = num_blocks * config.block_size
+        max_len = min(config.max_model_len or spec.max_position_embeddings, capacity)
+        if max_len < 2 * config.block_size:
+            raise UsageError(
+                f"KV cache of {kv_bytes} bytes holds only {capacity} tokens: give it more memory"
+            )
+        self.capacity_tokens = capacity
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=max(
+                    config.max_num_batched_tokens, 0 if config.enable_chunked_prefill else max_len
+                ),
+                max_model_len=max_len,
+                enable_chunked_prefill=config.enable_chunked_prefill,
+            ),
+            self.block_manager,
+        )
+        self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size)
+        self.sampler = Sampler(spec.vocab_size, seed=config.seed)
+        self.eos_token_ids = tuple(spec.eos_token_ids)
+        self._seqs: dict[str, Sequence] = {}
+        self._detok: dict[int, Detokenizer] = {}
+        self._logprobs: dict[int, list[TokenLogprobs]] = {}
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler.config.max_model_len
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
+        if request_id in self._seqs:
+            raise UsageError(f"request id '{request_id}' is already in use")
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise UsageError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise UsageError(
+                f"the prompt has {len(ids)} tokens; this engine's limit is {self.max_model_len - 1}"
+            )
+        seq = Sequence(request_id, ids, params, self.clock(), self.eos_token_ids)
+        self.scheduler.add(seq)
+        self._seqs[request_id] = seq
+        if self.tokenizer is not None:
+            self._detok[seq.seq_id] = Detokenizer(self.tokenizer, ids, params)
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        for seq in self.scheduler.abort(request_id):
+            self._forget(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        now = self.clock()
+        for entry in out.scheduled:
+            if entry.seq.timing.first_scheduled is None:
+                entry.seq.timing.first_scheduled = now
+        logits = self.runner.run(out)  # [S, V]
+        sampling = [e.seq for e in out.scheduled if e.samples]
+        result = self.sampler.sample(logits, sampling) if sampling else None
+        sampled_iter = iter(result.token_ids if result else [])
+        tokens = [next(sampled_iter) if e.samples else None for e in out.scheduled]
+        grown = self.scheduler.update(out, tokens)
+        now = self.clock()
+        logprobs = dict(zip((s.seq_id for s in sampling), result.logprobs, strict=True)) if result else {}
+        return [self._emit(seq, now, logprobs.get(seq.seq_id)) for seq in grown]
+
+    def _emit(self, seq: Sequence, now: float, logprobs: TokenLogprobs | None) -> RequestOutput:
+        t = seq.timing
+        t.token_times.append(now)
+        if t.first_token is None:
+            t.first_token = now
+        token = seq.last_token_id
+        text = ""
+        detok = self._detok.get(seq.seq_id)
+        if detok is not None:
+            delta = detok.push([token])
+            text = delta.text
+            if delta.stop_hit and not seq.is_finished:
+                self.scheduler.finish(seq, FinishReason.STOP)
+            elif seq.is_finished:
+                text += detok.flush()
+        if logprobs is not None:
+            self._logprobs.setdefault(seq.seq_id, []).append(logprobs)
+        if seq.is_finished:
+            t.finished = now
+            self.sampler.release(seq.seq_id)
+        return RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=[token],
+            new_text=text,
+            finished=seq.is_finished,
+            finish_reason=seq.finish_reason.value if seq.finish_reason else None,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
+            new_logprobs=[logprobs] if logprobs is not None else None,
+        )
+
+    def pop_finished(self, request_id: str) -> Completion:
+        """Hand over a finished request's full result and forget it."""
+        seq = self._seqs[request_id]
+        detok = self._detok.get(seq.seq_id)
+        t = seq.timing
+        completion = Completion(
+            request_id=request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=seq.output_token_ids,
+            text=detok.text if detok else "",
+            finish_reason=seq.finish_reason.value if seq.finish_reason else "abort",
+            num_cached_tokens=seq.num_cached_tokens,
+            ttft=(t.first_token - t.arrival) if t.first_token is not None else float("nan"),
+            token_times=list(t.token_times),
+            logprobs=self._logprobs.get(seq.seq_id),
+        )
+        self._forget(seq)
+        return completion
+
+    def _forget(self, seq: Sequence) -> None:
+        self._seqs.pop(seq.request_id, None)
+        self._detok.pop(seq.seq_id, None)
+        self._logprobs.pop(seq.seq_id, None)
+        self.sampler.release(seq.seq_id)
+
+    def generate(
+        self,
+        prompts: Seq[str | list[int]],
+        params: SamplingParams | Seq[SamplingParams] = SamplingParams(),
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[Completion]:
+        """Run prompts to completion together; results in prompt order."""
+        per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        ids = [f"gen-{i}-{id(self)}" for i in range(len(prompts))]
+        for rid, prompt, p in zip(ids, prompts, per_prompt, strict=True):
+            self.add_request(rid, prompt, p)
+        done = 0
+        while self.has_unfinished():
+            done += sum(o.finished for o in self.step())
+            if on_step is not None:
+                on_step(done, len(prompts))
+        return [self.pop_finished(rid) for rid in ids]
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=bm.usage,
+            num_blocks=bm.num_blocks,
+            block_size=bm.block_size,
+            prefix_cache_queries=bm.prefix_queries,
+            prefix_cache_hits=bm.prefix_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )

@@ -1,0 +1,88 @@
+"""ModelRunner: one forward pass over every scheduled token, packed, on the paged KV cache.
+
+The cache is one preallocated tensor [layers, 2, num_blocks, block_size, Hk, D]; a step
+writes each new token's K/V to its slot and attention reads keys through block tables
+(kernels.paged_attention). Only the rows that sample produce logits.
+"""
+
+import torch
+
+from ...kernels import paged_attention, write_kv
+from ..models.llama import LlamaForCausalLM
+from .scheduler import SchedulerOutput
+
+
+class PagedContext:
+    """AttentionContext for one step: write this step's K/V, attend through block tables."""
+
+    def __init__(self, kv_cache, slot_mapping, block_tables, cu_seqlens_q, seq_lens, scale, window):
+        self.kv_cache = kv_cache  # [L, 2, num_blocks, block_size, Hk, D]
+        self.slot_mapping = slot_mapping  # [N]
+        self.block_tables = block_tables  # [B, max_blocks]
+        self.cu_seqlens_q = cu_seqlens_q
+        self.seq_lens = seq_lens
+        self.scale = scale
+        self.window = window
+
+    def attend(self, layer_idx, q, k, v):
+        k_cache, v_cache = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
+        write_kv(k_cache, v_cache, k, v, self.slot_mapping)
+        return paged_attention(
+            q, k_cache, v_cache, self.block_tables, self.cu_seqlens_q, self.seq_lens, self.scale, self.window
+        )
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int):
+        spec = model.spec
+        self.model = model
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
+        # zeros, not empty: never-written slots must hold finite values (masked, but 0 * NaN = NaN).
+        self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=model.device)
+        self.scale = spec.head_dim**-0.5
+
+    @torch.inference_mode()
+    def run(self, out: SchedulerOutput) -> torch.Tensor:
+        """Forward the step; returns fp32 logits [num_sampling_rows, V] in scheduled order."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        cu_seqlens_q = [0]
+        seq_lens: list[int] = []
+        sample_rows: list[int] = []
+        for entry in out.scheduled:
+            seq, start, n = entry.seq, entry.start, entry.num_new_tokens
+            input_ids += seq.token_ids[start : start + n]
+            positions += range(start, start + n)
+            table = seq.block_table
+            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            cu_seqlens_q.append(cu_seqlens_q[-1] + n)
+            seq_lens.append(start + n)
+            if entry.samples:
+                sample_rows.append(cu_seqlens_q[-1] - 1)
+        device = self.model.device
+        width = max(len(e.seq.block_table) for e in out.scheduled)
+        tables = [e.seq.block_table + [0] * (width - len(e.seq.block_table)) for e in out.scheduled]
+        ctx = PagedContext(
+            self.kv_cache,
+            torch.tensor(slots, dtype=torch.long, device=device),
+            torch.tensor(tables, dtype=torch.long, device=device),  # [B, max_blocks]
+            cu_seqlens_q,
+            seq_lens,
+            self.scale,
+            self.model.spec.sliding_window,
+        )
+        ids = torch.tensor(input_ids, dtype=torch.long, device=device)  # [N]
+        pos = torch.tensor(positions, dtype=torch.long, device=device)  # [N]
+        hidden = self.model(ids, pos, ctx)  # [N, h]
+        if not sample_rows:
+            return hidden.new_empty(0, self.model.spec.vocab_size, dtype=torch.float32)
+        return self.model.compute_logits(hidden[sample_rows])  # [S, V]
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy K/V of whole blocks (src -> dst) for forked sequences' partial last blocks."""
+        for src, dst in pairs:
+            self.kv_cache[:, :, dst] = self.kv_cache[:, :, src]

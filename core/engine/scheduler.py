@@ -1,0 +1,190 @@
+"""Scheduler: continuous batching with chunked prefill and preemption by recompute.
+
+Each step gets a token budget (max_num_batched_tokens) and a sequence budget
+(max_num_seqs). Running sequences go first, in arrival order: a decode costs one token,
+an unfinished prefill takes a chunk of what budget is left. Waiting sequences are then
+admitted FCFS while blocks and budget last; with chunked prefill a long prompt starts
+with whatever budget remains, so decodes never stall behind it.
+
+When a decode needs a block and none is free, the newest running sequence is preempted:
+its blocks are freed and it goes back to the head of the waiting queue, to be recomputed
+(the prefix cache usually returns most of its blocks). Every admitted sequence fits in
+the cache alone (the engine caps max_model_len by the cache size), so preempting
+newer sequences always lets the oldest progress: no deadlock, no starvation.
+
+Pure Python: capacity planning drives this class with a simulated clock.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .block_manager import BlockManager
+from .sequence import FinishReason, Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64  # sequences in one step
+    max_num_batched_tokens: int = 2048  # tokens computed in one step (prefill chunks + decodes)
+    max_model_len: int = 8192  # prompt + output, per sequence
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self):
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError("without chunked prefill, max_num_batched_tokens must be >= max_model_len")
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int  # computed this step, starting at seq.num_computed_tokens
+
+    @property
+    def start(self) -> int:
+        return self.seq.num_computed_tokens
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token, so it yields a new token."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)  # running order
+    preempted: list[Sequence] = field(default_factory=list)
+    num_batched_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager):
+        self.config = config
+        self.block_manager = block_manager
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0  # total, for metrics
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        if seq.num_tokens >= self.config.max_model_len:
+            raise ValueError(
+                f"prompt of {seq.num_tokens} tokens leaves no room to generate within "
+                f"max_model_len {self.config.max_model_len}"
+            )
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            if seq.is_prefilling:
+                n = min(seq.num_uncomputed_tokens, budget)
+            else:
+                if not self._make_room_to_append(seq, out):
+                    break  # seq itself was the newest and got preempted; nothing follows it
+                n = 1
+            out.scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+            i += 1
+        # Admitting new work right after preempting would only thrash the cache.
+        while (
+            self.waiting and budget > 0 and not out.preempted and len(self.running) < self.config.max_num_seqs
+        ):
+            seq = self.waiting[0]
+            if not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq)
+            n = seq.num_uncomputed_tokens
+            if n > budget and not self.config.enable_chunked_prefill:
+                self.block_manager.deallocate(seq)
+                break
+            n = min(n, budget)
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            out.scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+        out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        return out
+
+    def _make_room_to_append(self, seq: Sequence, out: SchedulerOutput) -> bool:
+        """Ensure seq's next token has a slot, preempting newer sequences; False if seq itself went."""
+        while not self.block_manager.can_append(seq):
+            victim = self.running[-1]
+            self._preempt(victim, out)
+            if victim is seq:
+                return False
+        self.block_manager.may_append(seq)
+        return True
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        self.running.remove(seq)
+        self.block_manager.deallocate(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)  # newest preempted first, so older ones end up in front
+        out.preempted.append(seq)
+
+    def update(self, out: SchedulerOutput, sampled: list[int | None]) -> list[Sequence]:
+        """Record a step's results: sampled[i] is the new token of out.scheduled[i] (None for a
+        prefill chunk that did not reach the end). Returns sequences that got a token."""
+        grown = []
+        for entry, token in zip(out.scheduled, sampled, strict=True):
+            seq = entry.seq
+            seq.num_computed_tokens += entry.num_new_tokens
+            self.block_manager.cache_full_blocks(seq)
+            if token is None:
+                continue
+            seq.append_token(token)
+            grown.append(seq)
+            reason = self._stop_reason(seq, token)
+            if reason is not None:
+                self.finish(seq, reason)
+        return grown
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        p = seq.params
+        # The sampler masks EOS and stop ids for the first min_tokens tokens; same rule here.
+        may_stop = seq.num_output_tokens > p.min_tokens
+        if may_stop and ((token in seq.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids):
+            return FinishReason.STOP
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+        if seq.is_finished:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+            self.block_manager.deallocate(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+
+    def abort(self, request_id: str) -> list[Sequence]:
+        seqs = [s for s in (*self.running, *self.waiting) if s.request_id == request_id]
+        for seq in seqs:
+            self.finish(seq, FinishReason.ABORT)
+        return seqs
