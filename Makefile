@@ -13,7 +13,7 @@ STAMP_RUN := $(VENV)/.stamp-install
 STAMP_DEV := $(VENV)/.stamp-dev
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev test test-fast demo lint clean
+.PHONY: install install-dev test test-fast demo lint clean bench bench-engine
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -43,8 +43,14 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool models inspect smollm2-135m
 	$(VENV)/bin/llmtool generate "In one sentence, what is a GPU?" --max-tokens 48
 
+# Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
+bench: bench-engine
+
+bench-engine: $(STAMP_DEV)
+	$(PY) -m bench.engine_bench
+
 lint: $(STAMP_DEV)
-	$(VENV)/bin/ruff check cli core kernels tests
+	$(VENV)/bin/ruff check cli core kernels tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -6,10 +6,19 @@ Imports neither llmtool.cli nor llmtool.core.
 
 from .attention import varlen_attention, varlen_attention_ref
 from .norm import rms_norm, rms_norm_ref
-from .paged_attention import paged_attention, paged_attention_ref, write_kv, write_kv_ref
+from .paged_attention import (
+    PagedAttentionPlan,
+    paged_attention,
+    paged_attention_ref,
+    plan_paged_attention,
+    write_kv,
+    write_kv_ref,
+)
 from .rotary import apply_rotary, apply_rotary_ref
 
 __all__ = [
+    "PagedAttentionPlan",
+    "plan_paged_attention",
     "apply_rotary",
     "apply_rotary_ref",
     "paged_attention",

@@ -13,6 +13,8 @@ that, so the two specs cannot drift. Padding entries of a block table, unused bl
 the unused tail of a sequence's last block may hold anything; none of it reaches a score.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -86,80 +88,119 @@ def paged_attention_ref(
     return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_window)
 
 
-def _decode_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, sliding_window):
-    """All one-query sequences in one SDPA call over keys gathered into a padded batch.
+@dataclass(frozen=True)
+class PagedAttentionPlan:
+    """Index tensors for one step, built once and shared by every layer's attention call."""
 
-    q [B_d, Hq, D], block_tables [B_d, max_blocks], seq_lens [B_d] long -> [B_d, Hq, D].
-    """
-    _, block_size, num_kv_heads, head_dim = k_cache.shape
-    # The one query sits at position seq_len - 1 and sees the last `span` keys; a window
-    # shrinks the gather itself, not just the mask, so long contexts pay only for the window.
-    span = seq_lens if sliding_window is None else seq_lens.clamp(max=sliding_window)  # [B_d]
-    max_span = int(span.max())
-    offsets = torch.arange(max_span, device=q.device)  # [L]
-    # Padding re-reads the sequence's last real key instead of whatever lies past it: the
-    # mask hides it anyway, and never touching unused slots or table padding keeps stale
-    # (even non-finite) cache contents out of the scores.
-    pos = (seq_lens - span)[:, None] + torch.minimum(offsets[None, :], span[:, None] - 1)  # [B_d, L]
-    blocks = block_tables.gather(1, pos // block_size).long()  # [B_d, L]
-    slots = (blocks * block_size + pos % block_size).flatten()  # [B_d * L]
-    k = k_cache.view(-1, num_kv_heads * head_dim).index_select(0, slots)  # [B_d * L, Hk * D]
-    v = v_cache.view(-1, num_kv_heads * head_dim).index_select(0, slots)
-    k = k.view(-1, max_span, num_kv_heads, head_dim).transpose(1, 2)  # [B_d, Hk, L, D]
-    v = v.view(-1, max_span, num_kv_heads, head_dim).transpose(1, 2)  # [B_d, Hk, L, D]
-    visible = offsets[None, :] < span[:, None]  # [B_d, L]
-    mask = visible[:, None, None, :]  # [B_d, 1, 1, L], broadcast over heads and the one query
-    out = F.scaled_dot_product_attention(
-        q[:, :, None, :], k, v, attn_mask=mask, scale=scale, enable_gqa=True
-    )  # [B_d, Hq, 1, D]
-    return out.squeeze(2)
+    block_size: int
+    cu_seqlens_q: list[int]  # [B + 1]
+    seq_lens: list[int]  # [B]
+    block_tables: torch.Tensor  # [B, max_blocks]
+    sliding_window: int | None
+    decode_ids: list[int]  # sequences with one query, attended together in one batch
+    decode_rows: torch.Tensor | None  # [B_d] their query rows in q
+    decode_blocks: torch.Tensor | None  # [B_d * nb] block ids to gather, padding -> the seq's own block
+    decode_valid: torch.Tensor | None  # [B_d, 1, 1, nb * block_size] bool, keys each query may see
+    is_pure_decode: bool  # every sequence decodes: output rows equal decode rows, no scatter
 
 
-def paged_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
+def plan_paged_attention(
     block_tables: torch.Tensor,
     cu_seqlens_q: list[int],
     seq_lens: list[int],
-    scale: float,
+    block_size: int,
     sliding_window: int | None = None,
-) -> torch.Tensor:
-    """Same contract as paged_attention_ref, on torch's SDPA.
-
-    Decode rows (len_q == 1) are the bulk of steady-state serving, so they share one SDPA
-    call per layer; prefill and chunked-prefill sequences run one at a time, as in
-    varlen_attention. Python work is per sequence, never per token.
-    """
+) -> PagedAttentionPlan:
+    device = block_tables.device
     num_seqs = len(seq_lens)
-    lens_q = [cu_seqlens_q[i + 1] - cu_seqlens_q[i] for i in range(num_seqs)]
-    decode_ids = [i for i in range(num_seqs) if lens_q[i] == 1]
-    if decode_ids and len(decode_ids) == num_seqs:
-        # Pure decode: row i is sequence i, so no scatter back is needed.
-        lens = torch.tensor(seq_lens, device=q.device)
-        return _decode_attention(q, k_cache, v_cache, block_tables, lens, scale, sliding_window)
-
-    out = torch.empty_like(q)  # [N, Hq, D]
+    decode_ids = [i for i in range(num_seqs) if cu_seqlens_q[i + 1] - cu_seqlens_q[i] == 1]
+    rows = blocks = valid = None
     if decode_ids:
-        ids = torch.tensor(decode_ids, device=q.device)
-        rows = torch.tensor([cu_seqlens_q[i] for i in decode_ids], device=q.device)
-        lens = torch.tensor([seq_lens[i] for i in decode_ids], device=q.device)
-        tables = block_tables.index_select(0, ids)
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, tables, lens, scale, sliding_window)
+        lens = torch.tensor([seq_lens[i] for i in decode_ids], device=device)  # [B_d]
+        num_blocks = -(-int(lens.max()) // block_size)
+        tables = block_tables[decode_ids, :num_blocks].long()  # [B_d, nb]
+        # Table padding may name any block (or none): re-read the sequence's first block
+        # instead, so only blocks it owns are touched; the mask hides them anyway.
+        used = torch.arange(num_blocks, device=device)[None, :] < (-(-lens // block_size))[:, None]
+        blocks = torch.where(used, tables, tables[:, :1]).flatten()  # [B_d * nb]
+        pos = torch.arange(num_blocks * block_size, device=device)[None, :]  # [1, L]
+        visible = pos < lens[:, None]  # [B_d, L]
+        if sliding_window is not None:
+            visible &= pos > (lens[:, None] - 1 - sliding_window)
+        valid = visible[:, None, None, :]
+        rows = torch.tensor([cu_seqlens_q[i] for i in decode_ids], device=device)
+    return PagedAttentionPlan(
+        block_size,
+        cu_seqlens_q,
+        seq_lens,
+        block_tables,
+        sliding_window,
+        decode_ids,
+        rows,
+        blocks,
+        valid,
+        len(decode_ids) == num_seqs,
+    )
 
-    for i in range(num_seqs):
-        len_q, len_k = lens_q[i], seq_lens[i]
+
+def _decode_attention(q, k_cache, v_cache, plan: PagedAttentionPlan, scale):
+    """All one-query sequences in one SDPA call. q [B_d, Hq, D] -> [B_d, Hq, D].
+
+    Whole blocks are gathered (rows of block_size*Hk*D values: several times faster than
+    per-token gathers on CPU) and laid out [B_d, Hk, L, D] so SDPA reads them contiguously.
+    GQA without expanding K/V: the G query heads sharing a KV head become G "query
+    positions" of that head, all at the same position, under the same key mask.
+    """
+    num_rows, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_heads // num_kv_heads
+    length = plan.decode_valid.shape[-1]
+
+    def gather(cache):
+        flat = cache.view(cache.shape[0], -1).index_select(0, plan.decode_blocks)  # [B_d * nb, bs*Hk*D]
+        return (
+            flat.view(num_rows, length, num_kv_heads, head_dim).transpose(1, 2).contiguous()
+        )  # [B_d, Hk, L, D]
+
+    k, v = gather(k_cache), gather(v_cache)
+    qg = q.view(num_rows, num_kv_heads, group, head_dim)  # [B_d, Hk, G, D]
+    out = F.scaled_dot_product_attention(
+        qg, k, v, attn_mask=plan.decode_valid, scale=scale
+    )  # [B_d, Hk, G, D]
+    return out.reshape(num_rows, num_heads, head_dim)
+
+
+def paged_attention(
+    q: torch.Tensor,  # [N, Hq, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hk, D]
+    v_cache: torch.Tensor,
+    plan: PagedAttentionPlan,
+    scale: float,
+) -> torch.Tensor:
+    """Same semantics as paged_attention_ref, on torch's SDPA, with indices from `plan`.
+
+    Decode rows (len_q == 1), the bulk of steady-state serving, share one SDPA call per
+    layer; prefill and chunked-prefill sequences run one at a time. Python work is per
+    sequence, never per token.
+    """
+    if plan.is_pure_decode:
+        return _decode_attention(q, k_cache, v_cache, plan, scale)
+    out = torch.empty_like(q)  # [N, Hq, D]
+    if plan.decode_ids:
+        out[plan.decode_rows] = _decode_attention(q[plan.decode_rows], k_cache, v_cache, plan, scale)
+    cu, window = plan.cu_seqlens_q, plan.sliding_window
+    for i, len_k in enumerate(plan.seq_lens):
+        q0, len_q = cu[i], cu[i + 1] - cu[i]
         if len_q < 2:
             continue
-        q0 = cu_seqlens_q[i]
         qi = q[q0 : q0 + len_q].transpose(0, 1)  # [Hq, Tq, D]
-        ki = _gather_sequence(k_cache, block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
-        vi = _gather_sequence(v_cache, block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
-        if sliding_window is None and len_q == len_k:
+        ki = _gather_sequence(k_cache, plan.block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
+        vi = _gather_sequence(v_cache, plan.block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
+        if window is None and len_q == len_k:
             # SDPA's is_causal aligns the diagonal top-left, right only when Tq == Tk.
             o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            mask = _mask(len_q, len_k, sliding_window, q.device)  # [Tq, Tk], bottom-right aligned
+            mask = _mask(len_q, len_k, window, q.device)  # [Tq, Tk], bottom-right aligned
             o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
         out[q0 : q0 + len_q] = o.transpose(0, 1)  # [Tq, Hq, D]
     return out

@@ -126,7 +126,14 @@ class Engine:
         return seq
 
     def abort(self, request_id: str) -> None:
-        for seq in self.scheduler.abort(request_id):
+        """Stop a request and forget it, whether it is queued, running or finished but unread."""
+        self.scheduler.abort(request_id)
+        self.release(request_id)
+
+    def release(self, request_id: str) -> None:
+        """Forget a request (a streaming caller that already has every delta needs no Completion)."""
+        seq = self._seqs.get(request_id)
+        if seq is not None:
             self._forget(seq)
 
     def has_unfinished(self) -> bool:

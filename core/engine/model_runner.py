@@ -7,7 +7,7 @@ writes each new token's K/V to its slot and attention reads keys through block t
 
 import torch
 
-from ...kernels import paged_attention, write_kv
+from ...kernels import PagedAttentionPlan, paged_attention, plan_paged_attention, write_kv
 from ..models.llama import LlamaForCausalLM
 from .scheduler import SchedulerOutput
 
@@ -15,21 +15,18 @@ from .scheduler import SchedulerOutput
 class PagedContext:
     """AttentionContext for one step: write this step's K/V, attend through block tables."""
 
-    def __init__(self, kv_cache, slot_mapping, block_tables, cu_seqlens_q, seq_lens, scale, window):
+    def __init__(
+        self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, plan: PagedAttentionPlan, scale: float
+    ):
         self.kv_cache = kv_cache  # [L, 2, num_blocks, block_size, Hk, D]
         self.slot_mapping = slot_mapping  # [N]
-        self.block_tables = block_tables  # [B, max_blocks]
-        self.cu_seqlens_q = cu_seqlens_q
-        self.seq_lens = seq_lens
+        self.plan = plan  # gather indices, shared by all layers of the step
         self.scale = scale
-        self.window = window
 
     def attend(self, layer_idx, q, k, v):
         k_cache, v_cache = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
         write_kv(k_cache, v_cache, k, v, self.slot_mapping)
-        return paged_attention(
-            q, k_cache, v_cache, self.block_tables, self.cu_seqlens_q, self.seq_lens, self.scale, self.window
-        )
+        return paged_attention(q, k_cache, v_cache, self.plan, self.scale)
 
 
 class ModelRunner:
@@ -66,14 +63,15 @@ class ModelRunner:
         device = self.model.device
         width = max(len(e.seq.block_table) for e in out.scheduled)
         tables = [e.seq.block_table + [0] * (width - len(e.seq.block_table)) for e in out.scheduled]
-        ctx = PagedContext(
-            self.kv_cache,
-            torch.tensor(slots, dtype=torch.long, device=device),
+        plan = plan_paged_attention(
             torch.tensor(tables, dtype=torch.long, device=device),  # [B, max_blocks]
             cu_seqlens_q,
             seq_lens,
-            self.scale,
+            bs,
             self.model.spec.sliding_window,
+        )
+        ctx = PagedContext(
+            self.kv_cache, torch.tensor(slots, dtype=torch.long, device=device), plan, self.scale
         )
         ids = torch.tensor(input_ids, dtype=torch.long, device=device)  # [N]
         pos = torch.tensor(positions, dtype=torch.long, device=device)  # [N]
