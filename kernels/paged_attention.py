@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import _mask, varlen_attention_ref
+from .attention import _mask, _sdpa, varlen_attention_ref
+from .cpu_ops import cpu_ops
 
 
 def write_kv_ref(
@@ -101,6 +102,8 @@ class PagedAttentionPlan:
     decode_rows: torch.Tensor | None  # [B_d] their query rows in q
     decode_blocks: torch.Tensor | None  # [B_d * nb] block ids to gather, padding -> the seq's own block
     decode_valid: torch.Tensor | None  # [B_d, 1, 1, nb * block_size] bool, keys each query may see
+    decode_tables: torch.Tensor | None  # [B_d, max_blocks] long, for the native kernel
+    decode_lens: torch.Tensor | None  # [B_d] long
     is_pure_decode: bool  # every sequence decodes: output rows equal decode rows, no scatter
 
 
@@ -114,7 +117,7 @@ def plan_paged_attention(
     device = block_tables.device
     num_seqs = len(seq_lens)
     decode_ids = [i for i in range(num_seqs) if cu_seqlens_q[i + 1] - cu_seqlens_q[i] == 1]
-    rows = blocks = valid = None
+    rows = blocks = valid = tables = lens = None
     if decode_ids:
         lens = torch.tensor([seq_lens[i] for i in decode_ids], device=device)  # [B_d]
         num_blocks = -(-int(lens.max()) // block_size)
@@ -122,7 +125,8 @@ def plan_paged_attention(
         # Table padding may name any block (or none): re-read the sequence's first block
         # instead, so only blocks it owns are touched; the mask hides them anyway.
         used = torch.arange(num_blocks, device=device)[None, :] < (-(-lens // block_size))[:, None]
-        blocks = torch.where(used, tables, tables[:, :1]).flatten()  # [B_d * nb]
+        tables = torch.where(used, tables, tables[:, :1]).contiguous()  # [B_d, nb]
+        blocks = tables.flatten()  # [B_d * nb]
         pos = torch.arange(num_blocks * block_size, device=device)[None, :]  # [1, L]
         visible = pos < lens[:, None]  # [B_d, L]
         if sliding_window is not None:
@@ -130,16 +134,18 @@ def plan_paged_attention(
         valid = visible[:, None, None, :]
         rows = torch.tensor([cu_seqlens_q[i] for i in decode_ids], device=device)
     return PagedAttentionPlan(
-        block_size,
-        cu_seqlens_q,
-        seq_lens,
-        block_tables,
-        sliding_window,
-        decode_ids,
-        rows,
-        blocks,
-        valid,
-        len(decode_ids) == num_seqs,
+        block_size=block_size,
+        cu_seqlens_q=cu_seqlens_q,
+        seq_lens=seq_lens,
+        block_tables=block_tables,
+        sliding_window=sliding_window,
+        decode_ids=decode_ids,
+        decode_rows=rows,
+        decode_blocks=blocks,
+        decode_valid=valid,
+        decode_tables=tables,
+        decode_lens=lens,
+        is_pure_decode=len(decode_ids) == num_seqs,
     )
 
 
@@ -151,6 +157,11 @@ def _decode_attention(q, k_cache, v_cache, plan: PagedAttentionPlan, scale):
     GQA without expanding K/V: the G query heads sharing a KV head become G "query
     positions" of that head, all at the same position, under the same key mask.
     """
+    if q.device.type == "cpu" and (ops := cpu_ops()) is not None:
+        window = plan.sliding_window or 0
+        return ops.paged_decode_attention(
+            q.contiguous(), k_cache, v_cache, plan.decode_tables, plan.decode_lens, scale, window
+        )
     num_rows, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -198,9 +209,9 @@ def paged_attention(
         vi = _gather_sequence(v_cache, plan.block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
         if window is None and len_q == len_k:
             # SDPA's is_causal aligns the diagonal top-left, right only when Tq == Tk.
-            o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+            o = _sdpa(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
         else:
             mask = _mask(len_q, len_k, window, q.device)  # [Tq, Tk], bottom-right aligned
-            o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
+            o = _sdpa(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
         out[q0 : q0 + len_q] = o.transpose(0, 1)  # [Tq, Hq, D]
     return out

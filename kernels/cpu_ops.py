@@ -1,0 +1,61 @@
+"""Native CPU kernels, compiled on first use with torch's C++ extension tooling.
+
+Built with -O3 -march=native for this machine and cached under the llmtool cache dir
+(keyed by CPU and torch version), so only the first run pays the ~30 s build. Anything
+that goes wrong (no compiler, LLMTOOL_CPU_KERNELS=0) leaves the torch path in charge:
+the native ops are an accelerator, never a requirement.
+"""
+
+import functools
+import hashlib
+import os
+import platform
+import warnings
+from pathlib import Path
+
+import torch
+
+_SOURCES = [Path(__file__).parent / "csrc" / "paged_decode.cpp"]
+
+
+def _cache_dir() -> Path:
+    base = (
+        os.environ.get("LLMTOOL_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmtool"
+    )
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    key = hashlib.sha256(f"{cpu}|{platform.machine()}|{torch.__version__}".encode()).hexdigest()[:12]
+    return Path(base) / "torch-extensions" / key
+
+
+@functools.cache
+def cpu_ops():
+    """The compiled module, or None when native kernels are unavailable or disabled."""
+    if os.environ.get("LLMTOOL_CPU_KERNELS", "1") == "0":
+        return None
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = _cache_dir()
+        build.mkdir(parents=True, exist_ok=True)
+        return load(
+            name="llmtool_cpu_ops",
+            sources=[str(s) for s in _SOURCES],
+            # Compile flags only: -ffast-math must not reach the link, where GCC 12 would add
+            # crtfastmath.o and flush denormals to zero for the whole process.
+            # -fopenmp: at::parallel_for is header-inline OpenMP; without it tasks run serially.
+            extra_cflags=["-O3", "-march=native", "-ffast-math", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+            verbose=False,
+        )
+    except Exception as e:  # a missing compiler or ninja must not break inference
+        warnings.warn(
+            f"llmtool: native CPU kernels unavailable, using torch ({type(e).__name__}: {e})", stacklevel=2
+        )
+        return None

@@ -1,0 +1,150 @@
+// Decode attention straight from the paged KV cache, for CPUs.
+//
+// One query token per sequence. Each sequence's task reads its keys and values once, in
+// place, through the block table: no gathered copy, which is what made the torch path
+// memory-bound (gather, relayout, then attention: three passes over the KV). Two passes
+// per task: scores for every head (then a softmax), then the weighted sum of values.
+// Spec: kernels/paged_attention.py:paged_attention_ref.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+inline float load(const float* p, int64_t i) { return p[i]; }
+inline float load(const at::BFloat16* p, int64_t i) {
+  // bf16 is the top half of an fp32: a shift, which the compiler vectorises.
+  uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store(float* p, int64_t i, float x) { p[i] = x; }
+inline void store(at::BFloat16* p, int64_t i, float x) { p[i] = at::BFloat16(x); }
+
+// q . key over head_dim values, fp32 accumulation. The generic loop serves fp32 and any
+// CPU; with AVX512-BF16 a bf16 key meets a bf16 copy of q in one dpbf16 per 32 values.
+template <typename T>
+inline float dot(const float* qf, const uint16_t* /*qb*/, const T* key, int64_t head_dim) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t d = 0; d < head_dim; ++d) acc += qf[d] * load(key, d);
+  return acc;
+}
+
+#if defined(__AVX512BF16__)
+template <>
+inline float dot<at::BFloat16>(const float* qf, const uint16_t* qb, const at::BFloat16* key, int64_t head_dim) {
+  if (head_dim % 32 != 0) {
+    float acc = 0.f;
+    for (int64_t d = 0; d < head_dim; ++d) acc += qf[d] * load(key, d);
+    return acc;
+  }
+  __m512 acc = _mm512_setzero_ps();
+  const auto* k = reinterpret_cast<const uint16_t*>(key);
+  for (int64_t d = 0; d < head_dim; d += 32) {
+    __m512bh a = (__m512bh)_mm512_loadu_si512(qb + d);
+    __m512bh b = (__m512bh)_mm512_loadu_si512(k + d);
+    acc = _mm512_dpbf16_ps(acc, a, b);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#endif
+
+template <typename T>
+void decode_kernel(const T* q, const T* k_cache, const T* v_cache, const int64_t* block_tables,
+                   const int64_t* seq_lens, T* out, int64_t num_seqs, int64_t num_heads,
+                   int64_t num_kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks,
+                   double scale, int64_t window) {
+  const int64_t group = num_heads / num_kv_heads;  // query head hq reads KV head hq / group
+  const int64_t token_stride = num_kv_heads * head_dim;  // cache is [blocks, block_size, Hk, D]
+  // One task per sequence: a token's keys for all KV heads are one contiguous row, read
+  // once and in order (per-head tasks read every Hk-th slice and defeat the prefetcher).
+  at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(num_heads * head_dim), scores, acc(num_heads * head_dim);
+    std::vector<uint16_t> qb(num_heads * head_dim);  // q (scaled) rounded to bf16, for dpbf16
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t len = seq_lens[b];
+      const int64_t start = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+      const int64_t span = len - start;
+      const int64_t* table = block_tables + b * max_blocks;
+      for (int64_t i = 0; i < num_heads * head_dim; ++i) {
+        const float x = load(q, b * num_heads * head_dim + i) * scale;
+        qf[i] = x;
+        const at::BFloat16 xb(x);
+        std::memcpy(&qb[i], &xb, sizeof(uint16_t));
+      }
+      scores.assign(num_heads * span, 0.f);  // [Hq, span]
+      for (int64_t p = start; p < len; ++p) {
+        const T* row = k_cache + (table[p / block_size] * block_size + p % block_size) * token_stride;
+        for (int64_t hq = 0; hq < num_heads; ++hq)
+          scores[hq * span + (p - start)] =
+              dot(qf.data() + hq * head_dim, qb.data() + hq * head_dim, row + (hq / group) * head_dim, head_dim);
+      }
+      for (int64_t hq = 0; hq < num_heads; ++hq) {
+        float* s = scores.data() + hq * span;
+        const float mx = *std::max_element(s, s + span);
+        float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < span; ++i) {
+          s[i] = std::exp(s[i] - mx);  // vectorised expf (glibc libmvec) under -ffast-math
+          sum += s[i];
+        }
+        const float inv = 1.f / sum;
+        for (int64_t i = 0; i < span; ++i) s[i] *= inv;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t p = start; p < len; ++p) {
+        const T* row = v_cache + (table[p / block_size] * block_size + p % block_size) * token_stride;
+        for (int64_t hq = 0; hq < num_heads; ++hq) {
+          const float w = scores[hq * span + (p - start)];
+          const T* value = row + (hq / group) * head_dim;
+          float* a = acc.data() + hq * head_dim;
+#pragma omp simd
+          for (int64_t d = 0; d < head_dim; ++d) a[d] += w * load(value, d);
+        }
+      }
+      for (int64_t i = 0; i < num_heads * head_dim; ++i) store(out, b * num_heads * head_dim + i, acc[i]);
+    }
+  });
+}
+
+}  // namespace
+
+// q [B, Hq, D]; k_cache, v_cache [num_blocks, block_size, Hk, D]; block_tables [B, max_blocks]
+// int64; seq_lens [B] int64 (keys per sequence, the new token included); window <= 0: none.
+torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                                     torch::Tensor block_tables, torch::Tensor seq_lens, double scale,
+                                     int64_t window) {
+  TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(), "contiguous inputs");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type(), "q and cache dtypes differ");
+  auto tables = block_tables.to(torch::kLong).contiguous();
+  auto lens = seq_lens.to(torch::kLong).contiguous();
+  auto out = torch::empty_like(q);
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2);
+  const int64_t bs = k_cache.size(1), Hk = k_cache.size(2);
+  if (q.scalar_type() == torch::kBFloat16) {
+    decode_kernel(q.data_ptr<at::BFloat16>(), k_cache.data_ptr<at::BFloat16>(), v_cache.data_ptr<at::BFloat16>(),
+                  tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), out.data_ptr<at::BFloat16>(), B, Hq, Hk,
+                  D, bs, tables.size(1), scale, window);
+  } else {
+    TORCH_CHECK(q.scalar_type() == torch::kFloat, "bf16 or fp32 only");
+    decode_kernel(q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+                  tables.data_ptr<int64_t>(), lens.data_ptr<int64_t>(), out.data_ptr<float>(), B, Hq, Hk, D, bs,
+                  tables.size(1), scale, window);
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode_attention", &paged_decode_attention, "decode attention on a paged KV cache (CPU)");
+}
