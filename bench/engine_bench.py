@@ -9,7 +9,9 @@ TTFT/TPOT percentiles and the KV cache waste at peak (allocated minus used token
 
 import argparse
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,7 +19,8 @@ from bench.common import machine_info, percentiles, write_results
 from llmtool.core.engine.config import EngineConfig
 from llmtool.core.engine.engine import Engine
 from llmtool.core.engine.sampling_params import SamplingParams
-from llmtool.core.models.aliases import ALIASES, DEFAULT_MODEL, alias_path
+from llmtool.core.models.aliases import DEFAULT_MODEL
+from llmtool.core.models.export import export_hf
 from llmtool.core.models.loader import load_model
 from llmtool.core.runtime import configure_threads
 from llmtool.core.texts import play_text
@@ -115,7 +118,7 @@ def main() -> None:
     ap.add_argument("--input-min", type=int, default=64)
     ap.add_argument("--input-max", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
-    ap.add_argument("--one-at-a-time", type=int, default=4, help="requests run alone through transformers")
+    ap.add_argument("--one-at-a-time", type=int, default=8, help="requests run alone through transformers")
     ap.add_argument("--hf-batch", type=int, default=16)
     ap.add_argument("--kv-cache-memory", type=int, default=2 * 1024**3)
     ap.add_argument("--max-num-seqs", type=int, default=64)
@@ -129,8 +132,11 @@ def main() -> None:
 
     loaded = load_model(DEFAULT_MODEL, dtype="bf16", device="cpu")
     prompts = make_prompts(loaded.tokenizer, args.num_requests, args.input_min, args.input_max, args.seed)
-    path = alias_path(ALIASES[DEFAULT_MODEL])
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.bfloat16).eval()
+    # The peer runs what its users run: a dense bf16 safetensors checkpoint (transformers keeps
+    # GGUF weights packed and dequantizes per matmul, which would slow the peer unfairly).
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(DEFAULT_MODEL, Path(tmp) / "hf", dtype="bf16")
+        hf = AutoModelForCausalLM.from_pretrained(Path(tmp) / "hf", dtype=torch.bfloat16).eval()
     pad = loaded.tokenizer.pad_token_id or 0
 
     ours = run_engine(loaded, prompts, args.output_len, args)
@@ -157,7 +163,8 @@ def main() -> None:
     md = f"""# Engine vs transformers (default model, bf16, CPU)
 
 {args.num_requests} requests, prompts {args.input_min}..{args.input_max} tokens, {args.output_len} output tokens each
-(EOS ignored), all submitted at once. Machine: {m["cpu"]}, {m["cores"]} cores; torch {m["torch"]},
+(EOS ignored), all submitted at once; transformers runs a dense bf16 safetensors export of the same
+weights (`llmtool models export --dtype bf16`). Machine: {m["cpu"]}, {m["cores"]} cores; torch {m["torch"]},
 transformers {m["transformers"]}; {m["date"]}, commit {m["llmtool_commit"]}. Reproduce: `make bench-engine`.
 
 | system | output tok/s | ratio (ours / system) |

@@ -2,6 +2,7 @@
 then scale) so our logits match HF's bit for bit in fp32 and closely in bf16."""
 
 import torch
+import torch.nn.functional as F
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -12,5 +13,5 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # A fused CPU/Triton path lands with the kernels issue; until then the reference is the op.
-    return rms_norm_ref(x, weight, eps)
+    """torch's fused rms_norm in fp32 (one op instead of five), then HF's cast and scale."""
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)

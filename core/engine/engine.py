@@ -4,6 +4,7 @@ step() is schedule -> run -> sample -> update -> detokenize. Everything a server
 benchmark needs to report (deltas, timings, cache and queue figures) comes out of here.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
@@ -19,6 +20,8 @@ from .sampler import Sampler, TokenLogprobs
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import FinishReason, Sequence
+
+log = logging.getLogger("llmtool.engine")
 
 
 @dataclass
@@ -85,6 +88,15 @@ class Engine:
                 f"KV cache of {kv_bytes} bytes holds only {capacity} tokens: give it more memory"
             )
         self.capacity_tokens = capacity
+        log.info(
+            "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB, %d bytes/token); max_model_len %d",
+            num_blocks,
+            config.block_size,
+            capacity,
+            kv_bytes / 1024**3,
+            token_bytes,
+            max_len,
+        )
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(

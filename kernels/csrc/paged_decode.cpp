@@ -72,6 +72,7 @@ void decode_kernel(const T* q, const T* k_cache, const T* v_cache, const int64_t
   at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(num_heads * head_dim), scores, acc(num_heads * head_dim);
     std::vector<uint16_t> qb(num_heads * head_dim);  // q (scaled) rounded to bf16, for dpbf16
+    std::vector<float> vf(head_dim);  // one value row of one KV head, in fp32
     for (int64_t b = begin; b < end; ++b) {
       const int64_t len = seq_lens[b];
       const int64_t start = window > 0 ? std::max<int64_t>(0, len - window) : 0;
@@ -105,12 +106,18 @@ void decode_kernel(const T* q, const T* k_cache, const T* v_cache, const int64_t
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t p = start; p < len; ++p) {
         const T* row = v_cache + (table[p / block_size] * block_size + p % block_size) * token_stride;
-        for (int64_t hq = 0; hq < num_heads; ++hq) {
-          const float w = scores[hq * span + (p - start)];
-          const T* value = row + (hq / group) * head_dim;
-          float* a = acc.data() + hq * head_dim;
+        for (int64_t h = 0; h < num_kv_heads; ++h) {
+          // Convert the value once per KV head; its `group` query heads all reuse it.
+          const T* value = row + h * head_dim;
 #pragma omp simd
-          for (int64_t d = 0; d < head_dim; ++d) a[d] += w * load(value, d);
+          for (int64_t d = 0; d < head_dim; ++d) vf[d] = load(value, d);
+          for (int64_t g = 0; g < group; ++g) {
+            const int64_t hq = h * group + g;
+            const float w = scores[hq * span + (p - start)];
+            float* a = acc.data() + hq * head_dim;
+#pragma omp simd
+            for (int64_t d = 0; d < head_dim; ++d) a[d] += w * vf[d];
+          }
         }
       }
       for (int64_t i = 0; i < num_heads * head_dim; ++i) store(out, b * num_heads * head_dim + i, acc[i]);
