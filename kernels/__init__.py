@@ -4,6 +4,7 @@ and, where it pays, a faster path with the same signature, tested against the re
 Imports neither llmtool.cli nor llmtool.core.
 """
 
+from .activation import silu_and_mul, silu_and_mul_ref
 from .attention import varlen_attention, varlen_attention_ref
 from .norm import rms_norm, rms_norm_ref
 from .paged_attention import (
@@ -14,9 +15,13 @@ from .paged_attention import (
     write_kv,
     write_kv_ref,
 )
-from .rotary import apply_rotary, apply_rotary_ref
+from .rotary import apply_rotary, apply_rotary_ref, apply_rotary_signed, signed_sin
 
 __all__ = [
+    "silu_and_mul",
+    "silu_and_mul_ref",
+    "apply_rotary_signed",
+    "signed_sin",
     "PagedAttentionPlan",
     "plan_paged_attention",
     "apply_rotary",

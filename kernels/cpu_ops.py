@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-_SOURCES = [Path(__file__).parent / "csrc" / "paged_decode.cpp"]
+_SOURCES = [
+    Path(__file__).parent / "csrc" / name for name in ("bindings.cpp", "paged_decode.cpp", "elementwise.cpp")
+]
 
 
 def _cache_dir() -> Path:

@@ -4,6 +4,8 @@ then scale) so our logits match HF's bit for bit in fp32 and closely in bf16."""
 import torch
 import torch.nn.functional as F
 
+from .cpu_ops import cpu_ops
+
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
@@ -13,5 +15,10 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """torch's fused rms_norm in fp32 (one op instead of five), then HF's cast and scale."""
+    """bf16 on CPU: a fused native kernel (kernels/csrc/elementwise.cpp), bit-exact with the
+    reference once rounded to bf16. fp32 (our reference precision) keeps torch's reduction
+    order, bit-exact with transformers: torch's fused rms_norm, then HF's cast and scale."""
+    if x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16:
+        if (ops := cpu_ops()) is not None:
+            return ops.rms_norm(x, weight, eps)
     return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)

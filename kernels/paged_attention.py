@@ -44,16 +44,19 @@ def write_kv(
     k: torch.Tensor,
     v: torch.Tensor,
     slot_mapping: torch.Tensor,
+    has_padding: bool = True,
 ) -> None:
-    """Same contract as write_kv_ref: one index_copy_ per cache on its flattened view."""
+    """Same contract as write_kv_ref: one index_copy_ per cache on its flattened view.
+    has_padding=False promises no -1 slots (the engine never pads) and skips the filter."""
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    # index_copy_ has no "skip" index, so padding tokens are dropped first. The boolean
-    # select costs one host sync on CUDA; a fused kernel can skip -1 slots in place later.
-    keep = slot_mapping >= 0  # [N]
-    slots = slot_mapping[keep]  # [N']
+    if has_padding:
+        # index_copy_ has no "skip" index, so padding tokens are dropped first. The boolean
+        # select costs one host sync on CUDA; a fused kernel can skip -1 slots in place later.
+        keep = slot_mapping >= 0  # [N]
+        slot_mapping, k, v = slot_mapping[keep], k[keep], v[keep]
     # view(), not reshape(): the cache must be written in place, never through a copy.
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k[keep])
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v[keep])
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
 
 
 def _gather_sequence(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:

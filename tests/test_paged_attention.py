@@ -202,3 +202,35 @@ def test_sdpa_decode_fallback_matches_reference(monkeypatch, heads, window, dtyp
         torch.testing.assert_close(
             fast_paged_attention(q, *paged, scale, window), expected, atol=TOLERANCE[dtype], rtol=0
         )
+
+
+@pytest.mark.parametrize("heads", [(9, 3), (8, 2), (6, 6), (12, 3), (10, 2)], ids=lambda h: f"{h[0]}-{h[1]}")
+@pytest.mark.parametrize("window", [None, 5])
+def test_native_decode_head_dim_64_bf16(heads, window):
+    """head_dim 64 in bf16 takes the AVX512-BF16 path on CPUs that have it (groups up to 4;
+    10/2 = 5 takes the generic loop): spans across 16-token chunks, 1-token sequences."""
+    from llmtool.kernels.cpu_ops import cpu_ops
+
+    num_heads, num_kv_heads = heads
+    g = torch.Generator().manual_seed(num_heads * 10 + (window or 0))
+    lens, block_size, head_dim = [1, 15, 16, 17, 33, 100, 250], 16, 64
+    num_blocks = sum(-(-n // block_size) for n in lens) + 5
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).bfloat16()
+    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).bfloat16()
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    width = max(-(-n // block_size) for n in lens)
+    tables, i = [], 0
+    for n in lens:
+        used = -(-n // block_size)
+        tables.append(perm[i : i + used] + [0] * (width - used))
+        i += used
+    block_tables = torch.tensor(tables)
+    q = torch.randn(len(lens), num_heads, head_dim, generator=g).bfloat16()
+    cu = list(range(len(lens) + 1))
+    expected = paged_attention_ref(
+        q.float(), k_cache.float(), v_cache.float(), block_tables, cu, lens, 0.125, window
+    )
+    got = cpu_ops().paged_decode_attention(
+        q, k_cache, v_cache, block_tables, torch.tensor(lens), 0.125, window or 0
+    )
+    torch.testing.assert_close(got.float(), expected, atol=2e-2, rtol=0)

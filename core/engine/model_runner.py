@@ -25,7 +25,7 @@ class PagedContext:
 
     def attend(self, layer_idx, q, k, v):
         k_cache, v_cache = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
-        write_kv(k_cache, v_cache, k, v, self.slot_mapping)
+        write_kv(k_cache, v_cache, k, v, self.slot_mapping, has_padding=False)
         return paged_attention(q, k_cache, v_cache, self.plan, self.scale)
 
 

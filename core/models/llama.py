@@ -6,10 +6,9 @@ Parameter names match transformers' so HF checkpoints load and export without re
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ...kernels import apply_rotary, rms_norm
+from ...kernels import apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
 from .context import AttentionContext
 from .rope import RotaryTable
 from .spec import ModelSpec
@@ -41,7 +40,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary_signed(q, cos, sin), apply_rotary_signed(k, cos, sin)  # sin is pre-signed
         out = ctx.attend(self.layer_idx, q, k, v)  # [N, Hq, D]
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
 
@@ -55,7 +54,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(i, h, bias=spec.mlp_bias)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(silu_and_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -107,6 +106,7 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions [N] (all sequences packed) -> final hidden states [N, hidden]."""
         x = self.model.embed_tokens(input_ids)  # [N, h]
         cos, sin = self.rotary.lookup(positions, x.dtype)  # [N, D] each
+        sin = signed_sin(sin)  # once per forward, not per layer
         for layer in self.model.layers:
             x = layer(x, cos, sin, ctx)
         return self.model.norm(x)

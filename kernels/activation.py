@@ -1,0 +1,18 @@
+"""SwiGLU's gate: silu(gate) * up. The reference is the two torch ops transformers runs;
+on CPU a fused native kernel (kernels/csrc/elementwise.cpp) rounds at the same points."""
+
+import torch
+import torch.nn.functional as F
+
+from .cpu_ops import cpu_ops
+
+
+def silu_and_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    # bf16 only: fp32, our reference precision, stays on torch's exp to the last ulp.
+    if gate.device.type == "cpu" and gate.dtype == torch.bfloat16 and (ops := cpu_ops()):
+        return ops.silu_and_mul(gate, up)
+    return silu_and_mul_ref(gate, up)
