@@ -35,6 +35,19 @@ def _cache_dir() -> Path:
     return Path(base) / "torch-extensions" / key
 
 
+def _put_ninja_on_path() -> None:
+    """torch calls `ninja` from PATH; the one pip installed sits in the venv, which is not on
+    PATH when llmtool runs without activating it."""
+    try:
+        import ninja
+
+        bin_dir = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        return
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
 @functools.cache
 def cpu_ops():
     """The compiled module, or None when native kernels are unavailable or disabled."""
@@ -45,6 +58,7 @@ def cpu_ops():
 
         build = _cache_dir()
         build.mkdir(parents=True, exist_ok=True)
+        _put_ninja_on_path()
         return load(
             name="llmtool_cpu_ops",
             sources=[str(s) for s in _SOURCES],
