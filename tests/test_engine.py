@@ -111,3 +111,11 @@ def test_abort_frees_blocks_and_others_finish(tiny):
     done = engine.pop_finished("b")
     assert len(done.token_ids) == GREEDY.max_tokens and done.finish_reason == "length"
     assert engine.block_manager.num_used_blocks == 0
+
+
+def test_text_prompt_without_a_tokenizer_is_a_usage_error(tiny):
+    from llmtool.core.errors import UsageError
+
+    _, _, loaded = tiny
+    with pytest.raises(UsageError, match="no tokenizer"):
+        _engine(loaded).add_request("t", "some text", GREEDY)

@@ -123,6 +123,8 @@ class Engine:
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
         if request_id in self._seqs:
             raise UsageError(f"request id '{request_id}' is already in use")
+        if isinstance(prompt, str) and self.tokenizer is None:
+            raise UsageError("this model has no tokenizer: pass prompts as token ids")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise UsageError("the prompt is empty")
