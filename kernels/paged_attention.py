@@ -160,7 +160,11 @@ def _decode_attention(q, k_cache, v_cache, plan: PagedAttentionPlan, scale):
     GQA without expanding K/V: the G query heads sharing a KV head become G "query
     positions" of that head, all at the same position, under the same key mask.
     """
-    if q.device.type == "cpu" and (ops := cpu_ops()) is not None:
+    if (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float32)
+        and (ops := cpu_ops()) is not None
+    ):
         window = plan.sliding_window or 0
         return ops.paged_decode_attention(
             q.contiguous(), k_cache, v_cache, plan.decode_tables, plan.decode_lens, scale, window

@@ -119,3 +119,30 @@ def test_text_prompt_without_a_tokenizer_is_a_usage_error(tiny):
     _, _, loaded = tiny
     with pytest.raises(UsageError, match="no tokenizer"):
         _engine(loaded).add_request("t", "some text", GREEDY)
+
+
+def test_out_of_vocabulary_ids_are_rejected_and_a_failed_batch_leaves_nothing(tiny):
+    from llmtool.core.errors import UsageError
+
+    _, _, loaded = tiny
+    engine = _engine(loaded)
+    with pytest.raises(UsageError, match="token ids must be in"):
+        engine.add_request("bad", [1, loaded.spec.vocab_size], GREEDY)
+    good = _prompts(loaded.spec.vocab_size, [5], seed=9)[0]
+    with pytest.raises(UsageError):
+        engine.generate([good, [-1]], GREEDY)  # the second prompt is bad: the first must not linger
+    assert not engine.has_unfinished()
+    assert len(engine.generate([good], GREEDY)[0].token_ids) == GREEDY.max_tokens
+
+
+def test_fp16_runs_on_cpu_and_tiny_temperature_is_greedy(tiny):
+    _, _, loaded = tiny
+    prompt = _prompts(loaded.spec.vocab_size, [9], seed=10)[0]
+    greedy = _engine(loaded).generate([prompt], GREEDY)[0].token_ids
+    nearly = SamplingParams(max_tokens=20, temperature=1e-40, ignore_eos=True)
+    assert _engine(loaded).generate([prompt], nearly)[0].token_ids == greedy
+    half = load_model(str(loaded.source.path), dtype="fp16", device="cpu", with_tokenizer=False)
+    out = Engine(EngineConfig(kv_cache_memory=4096 * half.spec.kv_bytes_per_token(2)), loaded=half).generate(
+        [prompt], GREEDY
+    )
+    assert len(out[0].token_ids) == GREEDY.max_tokens

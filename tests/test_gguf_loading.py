@@ -96,3 +96,30 @@ def test_unpermute_inverts_llama_cpp_permute():
     assert not torch.equal(permute_rows(w, 4), w)
     b = torch.randn(24)  # biases are permuted like a one-column matrix
     assert torch.equal(unpermute_rows(permute_rows(b, 4), 4), b)
+
+
+def test_end_of_turn_id_counts_as_eos(tmp_path):
+    hf = _save_tiny(tmp_path / "hf", "llama")
+    path = tmp_path / "eot.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    c = hf.config
+    for add, value in (
+        (w.add_context_length, c.max_position_embeddings),
+        (w.add_embedding_length, c.hidden_size),
+        (w.add_block_count, c.num_hidden_layers),
+        (w.add_feed_forward_length, c.intermediate_size),
+        (w.add_head_count, c.num_attention_heads),
+        (w.add_head_count_kv, c.num_key_value_heads),
+        (w.add_vocab_size, c.vocab_size),
+        (w.add_eos_token_id, 2),
+        (w.add_eot_token_id, 7),
+    ):
+        add(value)
+    w.add_tensor("token_embd.weight", np.zeros((c.vocab_size, c.hidden_size), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    from llmtool.core.models.gguf_source import GGUFSource
+
+    assert GGUFSource(path).spec().eos_token_ids == (2, 7)

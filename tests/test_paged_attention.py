@@ -204,16 +204,18 @@ def test_sdpa_decode_fallback_matches_reference(monkeypatch, heads, window, dtyp
         )
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("heads", [(9, 3), (8, 2), (6, 6), (12, 3), (10, 2)], ids=lambda h: f"{h[0]}-{h[1]}")
 @pytest.mark.parametrize("window", [None, 5])
-def test_native_decode_head_dim_64_bf16(heads, window):
+def test_native_decode_bf16(heads, window, head_dim):
     """head_dim 64 in bf16 takes the AVX512-BF16 path on CPUs that have it (groups up to 4;
-    10/2 = 5 takes the generic loop): spans across 16-token chunks, 1-token sequences."""
+    10/2 = 5 takes the generic loop): spans across 16-token chunks, 1-token sequences.
+    head_dim 128 has a scale that is no power of two: it must not round q * scale to bf16."""
     from llmtool.kernels.cpu_ops import cpu_ops
 
     num_heads, num_kv_heads = heads
     g = torch.Generator().manual_seed(num_heads * 10 + (window or 0))
-    lens, block_size, head_dim = [1, 15, 16, 17, 33, 100, 250], 16, 64
+    lens, block_size = [1, 15, 16, 17, 33, 100, 250], 16
     num_blocks = sum(-(-n // block_size) for n in lens) + 5
     k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).bfloat16()
     v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).bfloat16()

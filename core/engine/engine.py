@@ -83,10 +83,12 @@ class Engine:
         num_blocks = kv_bytes // (token_bytes * config.block_size)
         capacity = num_blocks * config.block_size
         max_len = min(config.max_model_len or spec.max_position_embeddings, capacity)
-        if max_len < 2 * config.block_size:
+        if capacity < 2 * config.block_size:
             raise UsageError(
                 f"KV cache of {kv_bytes} bytes holds only {capacity} tokens: give it more memory"
             )
+        if max_len < 2 * config.block_size:
+            raise UsageError(f"max_model_len must be at least {2 * config.block_size} tokens")
         self.capacity_tokens = capacity
         log.info(
             "KV cache: %d blocks x %d tokens = %d tokens (%.2f GiB, %d bytes/token); max_model_len %d",
@@ -123,11 +125,14 @@ class Engine:
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> Sequence:
         if request_id in self._seqs:
             raise UsageError(f"request id '{request_id}' is already in use")
-        if isinstance(prompt, str) and self.tokenizer is None:
-            raise UsageError("this model has no tokenizer: pass prompts as token ids")
+        if self.tokenizer is None and (isinstance(prompt, str) or params.stop):
+            raise UsageError("this model has no tokenizer: give token ids and no stop strings")
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
             raise UsageError("the prompt is empty")
+        vocab = self.loaded.spec.vocab_size
+        if not all(0 <= t < vocab for t in ids):  # else the embedding lookup fails mid-step, for everyone
+            raise UsageError(f"prompt token ids must be in [0, {vocab})")
         if len(ids) >= self.max_model_len:
             raise UsageError(
                 f"the prompt has {len(ids)} tokens; this engine's limit is {self.max_model_len - 1}"
@@ -237,8 +242,13 @@ class Engine:
         """Run prompts to completion together; results in prompt order."""
         per_prompt = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         ids = [f"gen-{i}-{id(self)}" for i in range(len(prompts))]
-        for rid, prompt, p in zip(ids, prompts, per_prompt, strict=True):
-            self.add_request(rid, prompt, p)
+        try:
+            for rid, prompt, p in zip(ids, prompts, per_prompt, strict=True):
+                self.add_request(rid, prompt, p)
+        except BaseException:  # one bad prompt: none of this batch stays queued
+            for rid in ids:
+                self.abort(rid)
+            raise
         done = 0
         while self.has_unfinished():
             done += sum(o.finished for o in self.step())

@@ -44,4 +44,5 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        # Below 1e-5 logits / T overflows to inf and softmax to NaN; the limit is argmax anyway.
+        return self.temperature < 1e-5

@@ -110,14 +110,14 @@ class Scheduler:
             self.waiting and budget > 0 and not out.preempted and len(self.running) < self.config.max_num_seqs
         ):
             seq = self.waiting[0]
+            # Without chunking the whole prompt must fit this step. Checked before allocating
+            # (conservatively, ignoring prefix hits): allocate-then-free would evict cached blocks.
+            if not self.config.enable_chunked_prefill and seq.num_tokens > budget:
+                break
             if not self.block_manager.can_allocate(seq):
                 break
             self.block_manager.allocate(seq)
-            n = seq.num_uncomputed_tokens
-            if n > budget and not self.config.enable_chunked_prefill:
-                self.block_manager.deallocate(seq)
-                break
-            n = min(n, budget)
+            n = min(seq.num_uncomputed_tokens, budget)
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

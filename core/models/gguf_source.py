@@ -87,7 +87,18 @@ class GGUFSource:
             "tie_word_embeddings": "output.weight" not in names,
             "attention_bias": "blk.0.attn_q.bias" in names and self.arch == "llama",
             "bos_token_id": self.field("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": self.field("tokenizer.ggml.eos_token_id"),
+            # End-of-turn ends a chat reply too, where a GGUF names it apart from EOS.
+            "eos_token_id": sorted(
+                {
+                    t
+                    for t in (
+                        self.field("tokenizer.ggml.eos_token_id"),
+                        self.field("tokenizer.ggml.eot_token_id"),
+                    )
+                    if t is not None
+                }
+            )
+            or None,
             "_name_or_path": self.field("general.name", self.path.stem),
         }
         key_length = self.arch_field("attention.key_length")

@@ -7,6 +7,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -32,8 +33,11 @@ void silu_and_mul_kernel(const T* gate, const T* up, T* out, int64_t rows, int64
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) {
       const float x = to_float(g[c]);
+      // exp(-x) must not overflow: under -ffast-math x / (1 + inf) becomes a reciprocal
+      // and a Newton step, 0 * inf = NaN, where silu is -0. Past -87 silu rounds to -0.
+      const float e = std::exp(std::min(-x, 87.f));
       // Round silu to T first, as F.silu(gate) * up does.
-      const float s = to_float(from_float<T>(x / (1.f + std::exp(-x))));
+      const float s = to_float(from_float<T>(x < -87.f ? -0.f : x / (1.f + e)));
       o[c] = from_float<T>(s * to_float(u[c]));
     }
   }

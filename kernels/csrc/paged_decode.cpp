@@ -33,14 +33,16 @@ inline void store(float* p, int64_t i, float x) { p[i] = x; }
 inline void store(at::BFloat16* p, int64_t i, float x) { p[i] = at::BFloat16(x); }
 
 // Softmax of each of `rows` rows of `span` scores, in place.
-inline void softmax_rows(float* scores, int64_t rows, int64_t span) {
+// scale multiplies the scores here, in fp32, not q: q * scale rounded to bf16 for dpbf16
+// would lose precision whenever scale is not a power of two (head_dim 96, 128).
+inline void softmax_rows(float* scores, int64_t rows, int64_t span, float scale) {
   for (int64_t r = 0; r < rows; ++r) {
     float* s = scores + r * span;
     const float mx = *std::max_element(s, s + span);
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < span; ++i) {
-      s[i] = std::exp(s[i] - mx);  // vectorised expf (glibc libmvec) under -ffast-math
+      s[i] = std::exp((s[i] - mx) * scale);  // scale > 0 keeps the max; vectorised expf under -ffast-math
       sum += s[i];
     }
     const float inv = 1.f / sum;
@@ -169,7 +171,7 @@ void decode_kernel(const T* q, const T* k_cache, const T* v_cache, const int64_t
       const int64_t span = len - start;
       const int64_t* table = block_tables + b * max_blocks;
       for (int64_t i = 0; i < num_heads * head_dim; ++i) {
-        const float x = load(q, b * num_heads * head_dim + i) * scale;
+        const float x = load(q, b * num_heads * head_dim + i);
         qf[i] = x;
         const at::BFloat16 xb(x);
         std::memcpy(&qb[i], &xb, sizeof(uint16_t));
@@ -187,7 +189,7 @@ void decode_kernel(const T* q, const T* k_cache, const T* v_cache, const int64_t
           vrows[p - start] = reinterpret_cast<const uint16_t*>(v_cache + slot * token_stride);
         }
         scores_bf16_d64(qb.data(), krows.data(), span, num_heads, group, scores.data());
-        softmax_rows(scores.data(), num_heads, span);
+        softmax_rows(scores.data(), num_heads, span, static_cast<float>(scale));
         values_bf16_d64(vrows.data(), scores.data(), span, num_kv_heads, group, acc.data());
         for (int64_t i = 0; i < num_heads * head_dim; ++i) store(out, b * num_heads * head_dim + i, acc[i]);
         continue;
@@ -199,7 +201,7 @@ void decode_kernel(const T* q, const T* k_cache, const T* v_cache, const int64_t
           scores[hq * span + (p - start)] =
               dot(qf.data() + hq * head_dim, qb.data() + hq * head_dim, row + (hq / group) * head_dim, head_dim);
       }
-      softmax_rows(scores.data(), num_heads, span);
+      softmax_rows(scores.data(), num_heads, span, static_cast<float>(scale));
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t p = start; p < len; ++p) {
         const T* row = v_cache + (table[p / block_size] * block_size + p % block_size) * token_stride;
