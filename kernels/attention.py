@@ -20,6 +20,22 @@ def _sdpa(q, k, v, **kwargs):
     return F.scaled_dot_product_attention(q[None], k[None], v[None], **kwargs)[0]
 
 
+def attend_one(
+    qi: torch.Tensor, ki: torch.Tensor, vi: torch.Tensor, scale: float, window: int | None
+) -> torch.Tensor:
+    """One sequence on SDPA: qi [Hq, Tq, D] are the last Tq of ki, vi [Hk, Tk, D] -> [Hq, Tq, D].
+
+    SDPA's is_causal aligns the diagonal top-left, right only when Tq == Tk; a single query
+    sees every key; anything else (chunks on a cache, windows) takes the explicit mask."""
+    len_q, len_k = qi.shape[1], ki.shape[1]
+    if window is None and len_q == len_k:
+        return _sdpa(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
+    if window is None and len_q == 1:
+        return _sdpa(qi, ki, vi, scale=scale, enable_gqa=True)
+    mask = _mask(len_q, len_k, window, qi.device)  # [Tq, Tk], bottom-right aligned
+    return _sdpa(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
 def _mask(len_q: int, len_k: int, window: int | None, device) -> torch.Tensor:
     """[len_q, len_k] bool, True where the query may attend the key."""
     q_pos = torch.arange(len_k - len_q, len_k, device=device)[:, None]
@@ -67,16 +83,8 @@ def varlen_attention(
     out = torch.empty_like(q)
     for i in range(len(cu_seqlens_q) - 1):
         q0, q1, k0, k1 = cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]
-        len_q, len_k = q1 - q0, k1 - k0
         qi = q[q0:q1].transpose(0, 1)  # [Hq, Tq, D]
         ki = k[k0:k1].transpose(0, 1)  # [Hk, Tk, D]
         vi = v[k0:k1].transpose(0, 1)
-        if sliding_window is None and len_q == len_k:
-            o = _sdpa(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
-        elif sliding_window is None and len_q == 1:
-            o = _sdpa(qi, ki, vi, scale=scale, enable_gqa=True)
-        else:
-            mask = _mask(len_q, len_k, sliding_window, q.device)
-            o = _sdpa(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
-        out[q0:q1] = o.transpose(0, 1)
+        out[q0:q1] = attend_one(qi, ki, vi, scale, sliding_window).transpose(0, 1)
     return out

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import _mask, _sdpa, varlen_attention_ref
+from .attention import attend_one, varlen_attention_ref
 from .cpu_ops import cpu_ops
 
 
@@ -214,11 +214,6 @@ def paged_attention(
         qi = q[q0 : q0 + len_q].transpose(0, 1)  # [Hq, Tq, D]
         ki = _gather_sequence(k_cache, plan.block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
         vi = _gather_sequence(v_cache, plan.block_tables[i], len_k).transpose(0, 1)  # [Hk, Tk, D]
-        if window is None and len_q == len_k:
-            # SDPA's is_causal aligns the diagonal top-left, right only when Tq == Tk.
-            o = _sdpa(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=True)
-        else:
-            mask = _mask(len_q, len_k, window, q.device)  # [Tq, Tk], bottom-right aligned
-            o = _sdpa(qi, ki, vi, attn_mask=mask, scale=scale, enable_gqa=True)
+        o = attend_one(qi, ki, vi, scale, window)  # [Hq, Tq, D]
         out[q0 : q0 + len_q] = o.transpose(0, 1)  # [Tq, Hq, D]
     return out
