@@ -297,7 +297,8 @@ def test_accepted_neutral_values_of_unsupported_fields():
         {"messages": USER, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}},
     ):
         cls = ChatCompletionRequest if "messages" in body else CompletionRequest
-        to_sampling_params(cls.model_validate(body), max_model_len=32, prompt_len=5)
+        params = to_sampling_params(cls.model_validate(body), max_model_len=32, prompt_len=5)
+        assert isinstance(params, SamplingParams) and params.max_tokens == 32 - 5
 
 
 def test_choice_params_vary_the_seed_per_sample():

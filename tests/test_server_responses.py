@@ -269,9 +269,13 @@ def test_bodies_parse_with_the_openai_package_when_installed():
     from openai.types.chat import ChatCompletion as OpenAIChat
     from openai.types.chat import ChatCompletionChunk as OpenAIChunk
 
-    openai.types.Completion.model_validate(
+    completion = openai.types.Completion.model_validate(
         completion_response(CMPL, [completion_choice(0, "x", "stop")], usage(1, 1))
     )
-    OpenAIChat.model_validate(chat_response(CHAT, [chat_choice(0, "x", "stop")], usage(1, 1)))
-    OpenAIChunk.model_validate(chat_chunk(CHAT, 0, role=True, include_usage=True))
-    OpenAIChunk.model_validate(usage_chunk(CHAT, usage(1, 1)))
+    assert completion.choices[0].text == "x" and completion.usage.total_tokens == 2
+    chat = OpenAIChat.model_validate(chat_response(CHAT, [chat_choice(0, "x", "stop")], usage(1, 1)))
+    assert chat.choices[0].message.content == "x" and chat.choices[0].finish_reason == "stop"
+    first = OpenAIChunk.model_validate(chat_chunk(CHAT, 0, role=True, include_usage=True))
+    assert first.choices[0].delta.role == "assistant" and first.usage is None
+    last = OpenAIChunk.model_validate(usage_chunk(CHAT, usage(1, 1)))
+    assert last.choices == [] and last.usage.completion_tokens == 1
