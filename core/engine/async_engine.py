@@ -82,42 +82,52 @@ class AsyncEngine:
     async def __aexit__(self, *exc) -> None:
         await self.shutdown()
 
+    @property
+    def dead_reason(self) -> str | None:
+        """Why the loop stopped (a step raised, or shutdown); None while it serves."""
+        dead = self._dead
+        return None if dead is None else dead[0]
+
     def stats(self) -> AsyncEngineStats:
         with self._cond:
             num_pending = len(self._streams)
         return AsyncEngineStats(**vars(self._snapshot), num_pending=num_pending)
 
-    async def generate(
+    async def add(
         self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's deltas until the finished one. Leaving early (break + aclose,
-        cancellation, client gone) aborts the request in the engine."""
+    ) -> "RequestStream":
+        """Admit a request and return its stream of deltas once the engine has accepted it, so
+        a full queue (QueueFullError) or a bad request (UsageError) raises here, before a
+        server commits to a response. The caller must close the stream (or use `async with`)."""
         rid = request_id if request_id is not None else f"req-{uuid.uuid4().hex}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._cond:
             if self._dead is not None:
                 raise self._dead_error()
             if self.thread is None:
-                raise RuntimeError("call start() before generate()")
+                raise RuntimeError("call start() before add()")
             if rid in self._streams:
                 raise UsageError(f"request id '{rid}' is already in use")
             if self.max_pending is not None and len(self._streams) >= self.max_pending:
                 raise QueueFullError(f"{len(self._streams)} requests are already pending; try again later")
             self._streams[rid] = stream
-        is_done = False
+        handle = RequestStream(self, rid, stream)
         try:
             # Awaiting the add makes add_request's own errors (a too-long prompt) raise here.
             await asyncio.wrap_future(self._submit(lambda: self._add(rid, prompt, params, stream)))
-            while not is_done:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    is_done = True
-                    raise item
-                is_done = item.finished
-                yield item
-        finally:
-            if not is_done:  # fire and forget: a cancelled or closing generator must not await
-                self._submit(lambda: self._abort(rid, stream))
+        except BaseException:
+            handle.close()  # cancelled while waiting: the add may still land, so abort it
+            raise
+        return handle
+
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's deltas until the finished one. Leaving early (break + aclose,
+        cancellation, client gone) aborts the request in the engine."""
+        async with await self.add(prompt, params, request_id) as stream:
+            async for out in stream:
+                yield out
 
     async def abort(self, request_id: str) -> None:
         """Abort a request; its generate() ends with a finished delta whose finish_reason is 'abort'."""
@@ -229,3 +239,40 @@ class AsyncEngine:
         error = EngineDeadError(reason)
         error.__cause__ = cause
         return error
+
+
+class RequestStream:
+    """One admitted request's deltas, ending with the finished one (or EngineDeadError).
+    close() before the end aborts the request in the engine and frees its blocks."""
+
+    def __init__(self, engine: AsyncEngine, request_id: str, stream: _Stream):
+        self.request_id = request_id
+        self._engine = engine
+        self._stream = stream
+        self._done = False
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._done:
+            raise StopAsyncIteration
+        item = await self._stream.queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = item.finished
+        return item
+
+    def close(self) -> None:
+        """Abort the request unless it has ended; fire and forget, so it is safe in a finally
+        of a cancelled task or a closing generator, which must not await."""
+        if not self._done:
+            self._done = True
+            self._engine._submit(lambda: self._engine._abort(self.request_id, self._stream))
+
+    async def __aenter__(self) -> "RequestStream":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()

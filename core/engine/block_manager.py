@@ -70,16 +70,23 @@ class BlockManager:
             self._prefix_queries += seq.num_tokens
             self._prefix_hits += num_cached
 
-    def deallocate(self, seq: Sequence) -> None:
+    def deallocate(self, seq: Sequence, discard: bool = False) -> list[int]:
+        """Free seq's blocks. discard: its data is bad (the request failed), so blocks no other
+        sequence holds leave the prefix cache; returns those ids, for the runner to wipe."""
+        discarded = []
         # Reverse order: tail blocks are the least likely to be shared, so they are evicted first.
         for block_id in reversed(seq.block_table):
             block = self._blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
+                if discard:
+                    self._uncache(block)
+                    discarded.append(block_id)
                 self._free[block_id] = None
         seq.block_table = []
         seq.num_computed_tokens = 0  # num_cached_tokens stays: it reports what admission got
         self._seq_hashes.pop(seq.seq_id, None)
+        return discarded
 
     # ---- decoding ----------------------------------------------------------------------
 
@@ -231,8 +238,11 @@ class BlockManager:
         """The least recently freed block, emptied for new data (its cache entry is evicted)."""
         block_id, _ = self._free.popitem(last=False)
         block = self._blocks[block_id]
+        self._uncache(block)
+        block.ref_count = 1
+        return block_id
+
+    def _uncache(self, block: Block) -> None:
         if block.hash is not None:
             del self._hash_to_block[block.hash]
             block.hash = block.token_ids = None
-        block.ref_count = 1
-        return block_id

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
+import torch
+
 from ..errors import UsageError
 from ..models.loader import LoadedModel, load_model
 from .block_manager import BlockManager
@@ -37,6 +39,7 @@ class RequestOutput:
     num_output_tokens: int
     num_cached_tokens: int
     new_logprobs: list[TokenLogprobs] | None = None
+    error: str | None = None  # why, when finish_reason is "error"
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Completion:
     ttft: float  # seconds from arrival to first token
     token_times: list[float] = field(default_factory=list)  # engine clock, one per token
     logprobs: list[TokenLogprobs] | None = None
+    error: str | None = None  # why, when finish_reason is "error"
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,9 @@ class Engine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
+        """One scheduled batch forward. A failure that belongs to some requests (non-finite
+        logits, a sampler or detokenizer error, even the whole forward pass raising) ends
+        those requests with finish_reason "error"; the engine and every other request go on."""
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -166,15 +173,64 @@ class Engine:
         for entry in out.scheduled:
             if entry.seq.timing.first_scheduled is None:
                 entry.seq.timing.first_scheduled = now
-        logits = self.runner.run(out)  # [S, V]
+        try:
+            logits = self.runner.run(out)  # [S, V]
+        except Exception as e:  # we cannot tell whose input broke it: the batch fails, not the engine
+            log.exception("a forward pass failed; its %d requests end with an error", len(out.scheduled))
+            return [self._fail(entry.seq, f"the forward pass failed: {e!r}") for entry in out.scheduled]
         sampling = [e.seq for e in out.scheduled if e.samples]
-        result = self.sampler.sample(logits, sampling) if sampling else None
-        sampled_iter = iter(result.token_ids if result else [])
-        tokens = [next(sampled_iter) if e.samples else None for e in out.scheduled]
-        grown = self.scheduler.update(out, tokens)
+        tokens, logprobs, errors = self._sample(logits, sampling)
+        grown = self.scheduler.update(out, [tokens.get(e.seq.seq_id) for e in out.scheduled])
         now = self.clock()
-        logprobs = dict(zip((s.seq_id for s in sampling), result.logprobs, strict=True)) if result else {}
-        return [self._emit(seq, now, logprobs.get(seq.seq_id)) for seq in grown]
+        outputs = [self._emit(seq, now, logprobs.get(seq.seq_id)) for seq in grown]
+        failed = [seq for seq in sampling if seq.seq_id in errors]
+        return outputs + [self._fail(seq, errors[seq.seq_id]) for seq in failed]
+
+    def _sample(
+        self, logits: torch.Tensor, seqs: list[Sequence]
+    ) -> tuple[dict[int, int], dict[int, TokenLogprobs], dict[int, str]]:
+        """Tokens and logprobs by seq_id for rows that sample cleanly; errors for the others."""
+        tokens: dict[int, int] = {}
+        logprobs: dict[int, TokenLogprobs] = {}
+        errors: dict[int, str] = {}
+        if not seqs:
+            return tokens, logprobs, errors
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
+        rows = [i for i, ok in enumerate(finite) if ok]
+        for i, ok in enumerate(finite):
+            if not ok:
+                errors[seqs[i].seq_id] = "the model produced non-finite logits (NaN or inf)"
+        # One batched draw; if it raises, row by row, so only the request that breaks it fails.
+        batches = [rows] if rows else []
+        while batches:
+            batch = batches.pop()
+            try:
+                part = logits if len(batch) == len(seqs) else logits[batch]
+                result = self.sampler.sample(part, [seqs[i] for i in batch])
+            except Exception as e:
+                if len(batch) == 1:
+                    log.exception("sampling failed for request %s", seqs[batch[0]].request_id)
+                    errors[seqs[batch[0]].seq_id] = f"sampling failed: {e!r}"
+                else:
+                    batches += [[i] for i in batch]
+                continue
+            for i, token, lp in zip(batch, result.token_ids, result.logprobs, strict=True):
+                tokens[seqs[i].seq_id] = token
+                if lp is not None:
+                    logprobs[seqs[i].seq_id] = lp
+        return tokens, logprobs, errors
+
+    def _fail(self, seq: Sequence, why: str) -> RequestOutput:
+        """End one request with finish_reason "error"; K/V blocks only it held are wiped, so a
+        NaN it wrote can never reach a later request through the cache or a masked slot."""
+        seq.error = why
+        wiped = self.scheduler.finish(seq, FinishReason.ERROR)
+        seq.finish_reason = FinishReason.ERROR  # also when it had just finished (a detokenizer error)
+        if wiped:
+            self.runner.wipe_blocks(wiped)
+        seq.timing.finished = self.clock()
+        self.sampler.release(seq.seq_id)
+        return self._output(seq, [], "", None)
 
     def _emit(self, seq: Sequence, now: float, logprobs: TokenLogprobs | None) -> RequestOutput:
         t = seq.timing
@@ -185,27 +241,36 @@ class Engine:
         text = ""
         detok = self._detok.get(seq.seq_id)
         if detok is not None:
-            delta = detok.push([token])
-            text = delta.text
-            if delta.stop_hit and not seq.is_finished:
-                self.scheduler.finish(seq, FinishReason.STOP)
-            elif seq.is_finished:
-                text += detok.flush()
+            try:
+                delta = detok.push([token])
+                text = delta.text
+                if delta.stop_hit and not seq.is_finished:
+                    self.scheduler.finish(seq, FinishReason.STOP)
+                elif seq.is_finished:
+                    text += detok.flush()
+            except Exception as e:
+                log.exception("detokenizing failed for request %s", seq.request_id)
+                return self._fail(seq, f"detokenizing failed: {e!r}")
         if logprobs is not None:
             self._logprobs.setdefault(seq.seq_id, []).append(logprobs)
         if seq.is_finished:
             t.finished = now
             self.sampler.release(seq.seq_id)
+        return self._output(seq, [token], text, [logprobs] if logprobs is not None else None)
+
+    @staticmethod
+    def _output(seq: Sequence, tokens: list[int], text: str, logprobs) -> RequestOutput:
         return RequestOutput(
             request_id=seq.request_id,
-            new_token_ids=[token],
+            new_token_ids=tokens,
             new_text=text,
             finished=seq.is_finished,
             finish_reason=seq.finish_reason.value if seq.finish_reason else None,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
-            new_logprobs=[logprobs] if logprobs is not None else None,
+            new_logprobs=logprobs,
+            error=seq.error,
         )
 
     def pop_finished(self, request_id: str) -> Completion:
@@ -223,6 +288,7 @@ class Engine:
             ttft=(t.first_token - t.arrival) if t.first_token is not None else float("nan"),
             token_times=list(t.token_times),
             logprobs=self._logprobs.get(seq.seq_id),
+            error=seq.error,
         )
         self._forget(seq)
         return completion

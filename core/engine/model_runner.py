@@ -80,6 +80,11 @@ class ModelRunner:
             return hidden.new_empty(0, self.model.spec.vocab_size, dtype=torch.float32)
         return self.model.compute_logits(hidden[sample_rows])  # [S, V]
 
+    def wipe_blocks(self, block_ids: list[int]) -> None:
+        """Zero blocks whose K/V may be garbage (a failed request's): reads of masked slots
+        multiply them by 0, and 0 * NaN would leak into whoever gets the block next."""
+        self.kv_cache[:, :, block_ids] = 0
+
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         """Copy K/V of whole blocks (src -> dst) for forked sequences' partial last blocks."""
         for src, dst in pairs:

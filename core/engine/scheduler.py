@@ -172,16 +172,20 @@ class Scheduler:
             return FinishReason.LENGTH
         return None
 
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+    def finish(self, seq: Sequence, reason: FinishReason) -> list[int]:
+        """End seq and free its blocks. Returns the ids of blocks discarded because the
+        request failed (reason ERROR): their K/V may be garbage, the caller wipes them."""
+        discarded: list[int] = []
         if seq.is_finished:
-            return
+            return discarded
         if seq in self.running:
             self.running.remove(seq)
-            self.block_manager.deallocate(seq)
+            discarded = self.block_manager.deallocate(seq, discard=reason is FinishReason.ERROR)
         elif seq in self.waiting:
             self.waiting.remove(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        return discarded
 
     def abort(self, request_id: str) -> list[Sequence]:
         seqs = [s for s in (*self.running, *self.waiting) if s.request_id == request_id]

@@ -24,6 +24,7 @@ class FinishReason(enum.Enum):
     STOP = "stop"  # EOS, a stop token id or a stop string
     LENGTH = "length"  # max_tokens, or the model's context length
     ABORT = "abort"  # the client went away or asked to cancel
+    ERROR = "error"  # processing this request failed (e.g. non-finite logits); others carry on
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Sequence:
         self.eos_token_ids = eos_token_ids
         self.status = SequenceStatus.WAITING
         self.finish_reason: FinishReason | None = None
+        self.error: str | None = None  # why it failed, with FinishReason.ERROR
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
         self.block_table: list[int] = []  # physical block ids, in token order
