@@ -1,6 +1,7 @@
 """Reading a GGUF file as a Llama-family model: metadata -> HF config, tensors -> HF names.
 
-Quantized tensors are dequantized with gguf-py; llama.cpp's q/k row permutation (for its
+The header is read by our own GGUFFile (fast: it is most of a cold start) and quantized
+tensors are dequantized by gguf_dequant; llama.cpp's q/k row permutation (for its
 interleaved rotary layout) is undone so the same forward pass serves GGUF and HF weights.
 """
 
@@ -8,10 +9,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import ModelError
+from .gguf_dequant import dequantize
+from .gguf_file import GGUFFile
 from .spec import ModelSpec, spec_from_hf_config
 
 # GGUF architecture -> (HF architecture, does llama.cpp permute q/k rows for it?)
@@ -45,23 +47,17 @@ def hf_tensor_name(gguf_name: str) -> str | None:
 
 class GGUFSource:
     def __init__(self, path: Path):
-        import gguf  # gguf-py parses the whole header eagerly; import only when used
-
         self.path = path
-        try:
-            self.reader = gguf.GGUFReader(str(path))
-        except Exception as e:
-            raise ModelError(f"{path} is not a valid GGUF file ({e})") from None
+        self.file = GGUFFile(path)
+        self.tensors = self.file.tensors
         self.arch = self.field("general.architecture")
         if self.arch not in GGUF_ARCHITECTURES:
             supported = ", ".join(GGUF_ARCHITECTURES)
             raise ModelError(f"unsupported GGUF architecture '{self.arch}': supported are {supported}")
 
     def field(self, key: str, default=None):
-        f = self.reader.fields.get(key)
-        if f is None:
-            return default
-        return f.contents()
+        value = self.file.fields.get(key)
+        return default if value is None else value
 
     def arch_field(self, key: str, default=None):
         return self.field(f"{self.arch}.{key}", default)
@@ -69,7 +65,7 @@ class GGUFSource:
     def hf_config(self) -> dict:
         """A config.json equivalent of the GGUF metadata."""
         hf_arch, _ = GGUF_ARCHITECTURES[self.arch]
-        names = {t.name for t in self.reader.tensors}
+        names = {t.name for t in self.tensors}
         n_head = self._required("attention.head_count")
         vocab = self.arch_field("vocab_size") or len(self.field("tokenizer.ggml.tokens", []))
         config = {
@@ -114,40 +110,32 @@ class GGUFSource:
 
     def spec(self) -> ModelSpec:
         spec = spec_from_hf_config(self.hf_config())
-        freqs = next((t for t in self.reader.tensors if t.name == "rope_freqs.weight"), None)
+        freqs = next((t for t in self.tensors if t.name == "rope_freqs.weight"), None)
         if freqs is not None:  # Llama-3 rope scaling, stored as per-frequency divisors
-            factors = tuple(float(x) for x in np.asarray(freqs.data, dtype=np.float32).ravel())
+            factors = tuple(float(x) for x in dequantize(freqs).ravel())
             spec = replace(spec, rope=replace(spec.rope, freq_factors=factors))
         return spec
 
     def tensor_types(self) -> dict[str, str]:
-        return {t.name: t.tensor_type.name for t in self.reader.tensors}
+        return {t.name: t.type_name for t in self.tensors}
 
     def num_tensors(self) -> int:
-        return sum(hf_tensor_name(t.name) is not None for t in self.reader.tensors)
+        return sum(hf_tensor_name(t.name) is not None for t in self.tensors)
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, fp32 tensor in torch layout) for every model weight."""
-        from gguf.quants import dequantize
-
         n_head = self.arch_field("attention.head_count")
         n_head_kv = self.arch_field("attention.head_count_kv", n_head)
         _, permuted = GGUF_ARCHITECTURES[self.arch]
-        for t in self.reader.tensors:
+        for t in self.tensors:
             name = hf_tensor_name(t.name)
             if name is None:
                 continue
             try:
-                array = dequantize(t.data, t.tensor_type)
+                array = dequantize(t)
             except Exception as e:
                 raise ModelError(f"cannot read tensor {t.name} from {self.path.name}: {e}") from None
-            # gguf dims are reversed relative to torch; numpy's view already has torch order.
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            # F32 tensors come back as read-only views of the memory-mapped file: copy those.
-            array = np.ascontiguousarray(array, dtype=np.float32)
-            if not array.flags.writeable:
-                array = array.copy()
-            tensor = torch.from_numpy(array).reshape(shape)
+            tensor = torch.from_numpy(array)
             if permuted and ".q_proj." in name:
                 tensor = unpermute_rows(tensor, n_head)
             elif permuted and ".k_proj." in name:

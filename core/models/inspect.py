@@ -92,10 +92,7 @@ def _is_weight(name: str) -> bool:
 
 def _inspect_gguf(path: Path) -> tuple[ModelSpec, list[TensorInfo], bool, int]:
     gguf = GGUFSource(path)
-    tensors = [
-        TensorInfo(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name)
-        for t in gguf.reader.tensors
-    ]
+    tensors = [TensorInfo(t.name, t.shape, t.type_name) for t in gguf.tensors]
     return gguf.spec(), tensors, gguf.field("tokenizer.chat_template") is not None, path.stat().st_size
 
 
