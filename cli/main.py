@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from . import generate, models
+from . import generate, models, serve
 
 app = typer.Typer(
     name="llmtool",
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(models.app, name="models")
 app.command("generate")(generate.generate)
+app.command("serve")(serve.serve)
 
 
 def _version(value: bool) -> None:

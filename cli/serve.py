@@ -1,0 +1,139 @@
+"""`llmtool serve`: the OpenAI-compatible server on our engine."""
+
+import logging
+from typing import Annotated
+
+import typer
+
+from ..core.models.aliases import DEFAULT_MODEL
+from .console import err_console
+from .errors import handle_errors
+from .options import ConfigOpt, DtypeOpt, ModelOpt
+
+
+@handle_errors
+def serve(
+    model: ModelOpt = DEFAULT_MODEL,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0 for all).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
+    served_model_name: Annotated[
+        str | None, typer.Option("--served-model-name", help="Model name clients use (default: --model).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="LLMTOOL_API_KEY",
+            show_default=False,
+            help="Require 'Authorization: Bearer KEY' on /v1.",
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=0, help="Requests that may wait beyond the batch; more get 429.")
+    ] = 256,
+    max_num_seqs: Annotated[
+        int, typer.Option("--max-num-seqs", min=1, help="Sequences decoded together.")
+    ] = 64,
+    max_model_len: Annotated[
+        int | None, typer.Option("--max-model-len", min=32, help="Context limit (default: the model's).")
+    ] = None,
+    kv_cache_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--kv-cache-memory", help="KV cache size, e.g. 2GiB (default: 10% of free RAM, 256MiB..4GiB)."
+        ),
+    ] = None,
+    max_num_batched_tokens: Annotated[
+        int, typer.Option("--max-num-batched-tokens", min=1, help="Tokens per step (chunked prefill budget).")
+    ] = 2048,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option("--request-timeout", min=0.001, help="Seconds before a request ends with 408."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable, * for any)."),
+    ] = None,
+    shutdown_grace: Annotated[
+        float, typer.Option("--shutdown-grace", min=0, help="Seconds in-flight requests get after SIGTERM.")
+    ] = 30.0,
+    dtype: DtypeOpt = "auto",
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info or warning.")] = "info",
+    config: ConfigOpt = None,
+) -> None:
+    """Serve MODEL with OpenAI's API: /v1/completions, /v1/chat/completions, /v1/models,
+    /health, /metrics (Prometheus), /version.
+
+    Example: llmtool serve --port 8000, then
+    curl localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+    """
+    from ..core.engine.config import EngineConfig
+    from ..core.errors import UsageError
+    from ..core.server.config import ServerConfig
+    from ..core.server.run import serve as run_server
+    from ..core.units import parse_bytes
+
+    level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}.get(log_level.lower())
+    if level is None:
+        raise UsageError(f"--log-level must be debug, info or warning, not '{log_level}'")
+    _setup_logging(level)
+    server_config = ServerConfig(
+        engine=EngineConfig(
+            model=model,
+            dtype=dtype,
+            kv_cache_memory=parse_bytes(kv_cache_memory) if kv_cache_memory else None,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len,
+        ),
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        api_key=api_key or None,
+        max_queue=max_queue,
+        request_timeout=request_timeout,
+        cors_origins=tuple(cors_origin or ()),
+        shutdown_grace=shutdown_grace,
+    )
+    run_server(server_config, on_listening=_listening, on_ready=_ready)
+    err_console.print("[dim]server stopped[/]")
+
+
+def _listening(state) -> None:
+    err_console.print(
+        f"Loading [bold]{state.config.engine.model}[/]; listening on {state.config.url} "
+        "(/health answers 503 until the model is ready)",
+        highlight=False,
+    )
+
+
+def _ready(state) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim")
+    table.add_column()
+    for key, value in state.info.items():
+        table.add_row(key, str(value))
+    url = state.config.url
+    table.add_row("API", f"{url}/v1  (chat/completions, completions, models)")
+    table.add_row("ops", f"{url}/health  {url}/metrics")
+    if state.config.api_key:
+        table.add_row("auth", "Bearer API key required on /v1")
+    err_console.print(Panel(table, title="llmtool serve: ready", border_style="green", expand=False))
+
+
+def _setup_logging(level: int) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err_console, show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s", datefmt="%H:%M:%S"))
+    for name in ("llmtool", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+        logger.setLevel(level)
+    logging.getLogger("uvicorn.error").setLevel(max(level, logging.WARNING))  # its start-up chatter

@@ -1,0 +1,98 @@
+"""POST /v1/chat/completions: messages through the model's chat template, n samples, logprobs
+with top_logprobs, streaming with a role chunk first and usage last when asked for."""
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .http import ClientGone, EventStreamResponse, parse_body, until_disconnect
+from .protocol import ChatCompletionRequest, RequestError
+from .responses import ResponseMeta, chat_choice, chat_chunk, chat_logprobs, chat_response, usage_chunk
+from .serving import (
+    admit,
+    check_model,
+    check_ready,
+    choice_error,
+    failure,
+    now,
+    prompt_params,
+    request_usage,
+    stream_events,
+)
+from .state import ServerState
+
+
+def render_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
+    """The messages through the model's chat template, tokenized as the template wrote them."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise RequestError(
+            "This model has no chat template; use /v1/completions.", "messages", "no_chat_template"
+        )
+    try:
+        text = tokenizer.apply_chat_template(
+            body.template_messages(), add_generation_prompt=True, tokenize=False
+        )
+    except Exception as e:  # the template's own raise_exception (e.g. roles out of order)
+        raise RequestError(f"The chat template rejected the messages: {e}", "messages") from None
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+async def create_chat_completion(state: ServerState, request: Request) -> Response:
+    start = now()
+    body = await parse_body(request, ChatCompletionRequest)
+    check_model(state, body.model)
+    check_ready(state)
+    prompts = [render_prompt(state.tokenizer, body)]
+    params = prompt_params(state, body, prompts)
+    generation = await admit(state, prompts, params, body.n or 1, "chatcmpl", start)
+    meta = ResponseMeta.new(state.config.model_name, is_chat=True)
+    text_of, bytes_of = state.token_text, state.token_bytes
+    want_logprobs = bool(body.logprobs)
+
+    if not body.stream:
+        try:
+            choices = await until_disconnect(request, generation.run())
+        except ClientGone:
+            return Response(status_code=499)
+        except Exception as e:
+            raise failure(e) from None
+        error = choice_error(choices)
+        if error is not None:
+            raise error
+        out = [
+            chat_choice(
+                c.index,
+                c.text,
+                c.finish_reason,
+                chat_logprobs(c.token_ids, c.logprobs, text_of, bytes_of) if want_logprobs else None,
+            )
+            for c in choices
+        ]
+        return JSONResponse(chat_response(meta, out, request_usage(prompts, choices)))
+
+    include_usage = body.include_usage
+    opened: set[int] = set()
+
+    def chunks(choice, delta) -> list[dict]:
+        out = []
+        if choice.index not in opened:
+            opened.add(choice.index)
+            out.append(chat_chunk(meta, choice.index, role=True, include_usage=include_usage))
+        lp = None
+        if want_logprobs and delta.new_logprobs:
+            lp = chat_logprobs(delta.new_token_ids, delta.new_logprobs, text_of, bytes_of)
+        if delta.new_text or lp:
+            out.append(
+                chat_chunk(
+                    meta, choice.index, content=delta.new_text, logprobs=lp, include_usage=include_usage
+                )
+            )
+        if delta.finished:
+            out.append(
+                chat_chunk(meta, choice.index, finish_reason=delta.finish_reason, include_usage=include_usage)
+            )
+        return out
+
+    def tail() -> list[dict]:
+        return [usage_chunk(meta, request_usage(prompts, generation.choices))] if include_usage else []
+
+    return EventStreamResponse(stream_events(generation, chunks, tail))

@@ -1,0 +1,103 @@
+"""HTTP plumbing shared by the endpoints: JSON bodies, OpenAI error responses, SSE responses
+that stop (and so abort their requests) when the client goes away, and the same for
+non-streaming handlers."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import anyio
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .protocol import RequestError, from_validation_error
+from .responses import error_body
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# Responses that must not be cached or buffered by a proxy on the way (nginx honours X-Accel-Buffering).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the response was ready."""
+
+
+def error_response(error: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def plain_error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return JSONResponse(error_body(message, kind, None, code), status_code=status)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """The JSON body validated as `model`; RequestError (400) for anything else."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"The request body is not valid JSON: {e}.", None, "invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError("The request body must be a JSON object.", None, "invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so aborting its engine requests) if the client leaves."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events that always listen for the client leaving: the body iterator is
+    cancelled at once (its finally aborts the requests), not at the next failed write."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes]):
+        super().__init__(content, headers=SSE_HEADERS)
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:  # the socket went away mid-write
+                    pass
+                group.cancel_scope.cancel()
+
+            async def listen() -> None:
+                await self.listen_for_disconnect(receive)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            group.start_soon(listen)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)

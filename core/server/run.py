@@ -1,0 +1,112 @@
+"""Run the server: bind first, load in the background, stop gracefully on SIGTERM/SIGINT.
+
+SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish for up to
+`shutdown_grace` seconds, cancels what is left, shuts the engine down and returns, so the
+process exits 0; a second signal cuts the grace period short.
+"""
+
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable
+
+from ..errors import LlmtoolError
+from .config import ServerConfig
+from .state import ServerState
+
+log = logging.getLogger("llmtool.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Listen now, so a taken port is one clear error and /health answers from the start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise LlmtoolError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    config: ServerConfig,
+    on_listening: Callable[[ServerState], None] = lambda s: None,
+    on_ready: Callable[[ServerState], None] = lambda s: None,
+) -> None:
+    """Serve until a signal; raises LlmtoolError if the model failed to load."""
+    import uvicorn
+
+    from .app import create_app
+
+    sock = bind(config.host, config.port)
+    state = ServerState(config)
+    server: _Server | None = None
+
+    def failed(state: ServerState) -> None:
+        server.should_exit = True  # the load failed: stop serving, report it below
+
+    app = create_app(state, on_ready=on_ready, on_failure=failed)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,  # AccessLog writes one shorter line
+            timeout_graceful_shutdown=config.shutdown_grace,
+            timeout_keep_alive=5,
+            lifespan="on",
+            http="h11",
+            ws="none",
+            loop="asyncio",
+        )
+    )
+    on_listening(state)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if state.status == state.FAILED:
+        raise LlmtoolError(f"cannot serve {config.engine.model}: {state.error}")
+
+
+class _Server:
+    """uvicorn.Server whose signal handlers stop it gracefully and return, instead of
+    re-raising the signal afterwards (which would end the process with 143, not 0)."""
+
+    def __new__(cls, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                previous = {
+                    sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+                }
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+            def handle_exit(self, sig, frame) -> None:
+                name = signal.Signals(sig).name
+                if self.should_exit:
+                    log.warning("%s again: cancelling in-flight requests now", name)
+                    self.force_exit = True
+                else:
+                    log.info(
+                        "%s: no new connections; in-flight requests get up to %g s",
+                        name,
+                        self.config.timeout_graceful_shutdown,
+                    )
+                    self.should_exit = True
+
+        return Server(config)
