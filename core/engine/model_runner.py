@@ -32,7 +32,7 @@ class PagedContext:
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int):
         spec = model.spec
-        self.model = model
+        self.model = model.prepare_for_inference()
         self.block_size = block_size
         self.num_blocks = num_blocks
         shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)

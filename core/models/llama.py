@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...kernels import apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
+from ...kernels.linear import PackedLinear
 from .context import AttentionContext
 from .rope import RotaryTable
 from .spec import ModelSpec
@@ -34,12 +35,26 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, spec.kv_size, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(h, spec.kv_size, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(spec.q_size, h, bias=spec.o_bias)
+        self.qkv_proj: PackedLinear | None = None  # set by prepare_for_inference
+        self.sizes = (spec.q_size, spec.kv_size, spec.kv_size)
+
+    def fuse(self) -> None:
+        """q, k and v as one product (one call, one packed weight); drops the three originals."""
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        bias = torch.cat([p.bias for p in parts]) if self.q_proj.bias is not None else None
+        self.qkv_proj = PackedLinear(torch.cat([p.weight for p in parts]), bias)
+        self.o_proj = PackedLinear(self.o_proj.weight, self.o_proj.bias)
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, cos, sin, ctx: AttentionContext):
         n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(n, self.num_heads, self.head_dim)  # [N, Hq, D]
+        k = k.view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
+        v = v.view(n, self.num_kv_heads, self.head_dim)  # [N, Hk, D]
         q, k = apply_rotary_signed(q, cos, sin), apply_rotary_signed(k, cos, sin)  # sin is pre-signed
         out = ctx.attend(self.layer_idx, q, k, v)  # [N, Hq, D]
         return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
@@ -52,8 +67,22 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=spec.mlp_bias)
         self.up_proj = nn.Linear(h, i, bias=spec.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=spec.mlp_bias)
+        self.gate_up_proj: PackedLinear | None = None  # set by prepare_for_inference
+        self.intermediate_size = i
+
+    def fuse(self) -> None:
+        """gate and up as one product; drops the two originals."""
+        bias = (
+            torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.gate_proj.bias is not None else None
+        )
+        self.gate_up_proj = PackedLinear(torch.cat([self.gate_proj.weight, self.up_proj.weight]), bias)
+        self.down_proj = PackedLinear(self.down_proj.weight, self.down_proj.bias)
+        del self.gate_proj, self.up_proj
 
     def forward(self, x):
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
+            return self.down_proj(silu_and_mul(gate, up))
         return self.down_proj(silu_and_mul(self.gate_proj(x), self.up_proj(x)))
 
 
@@ -87,6 +116,21 @@ class LlamaForCausalLM(nn.Module):
         self.model = Backbone(spec)
         self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         self.rotary = RotaryTable(spec.rope, spec.head_dim)
+        self.inference_ready = False
+
+    def prepare_for_inference(self) -> "LlamaForCausalLM":
+        """Fuse q/k/v and gate/up and pack every projection for the hardware (kernels.linear):
+        fewer, faster products. The model is inference-only afterwards (its state_dict no
+        longer has HF's names); serving calls this, loading and exporting do not. Idempotent."""
+        if self.inference_ready:
+            return self
+        with torch.no_grad():
+            for layer in self.model.layers:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
+            self.lm_head = PackedLinear(self.lm_head.weight)
+        self.inference_ready = True
+        return self
 
     def tie_weights(self) -> None:
         if self.spec.tie_word_embeddings:

@@ -1,6 +1,7 @@
 """load_model: a model reference -> our LlamaForCausalLM with weights, tokenizer and spec."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +54,14 @@ def load_model(
     if device.type == "cpu":
         configure_threads()
 
+    # The tokenizer loads beside the weights: it is mostly Python (transformers' import) and
+    # the weights mostly numpy/torch, which release the GIL, so the two overlap on two cores.
+    tokenizer_job = None
+    if with_tokenizer:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="llmtool-tokenizer")
+        tokenizer_job = pool.submit(_load_tokenizer, source)
+        pool.shutdown(wait=False)
+
     if source.format is SourceFormat.GGUF:
         gguf = GGUFSource(source.path)
         spec, tensors, total = gguf.spec(), gguf.iter_tensors(), gguf.num_tensors()
@@ -62,14 +71,14 @@ def load_model(
         tensors = checkpoint.iter_tensors(source.path)
 
     model = _build(spec, tensors, total, torch_dtype, device, progress)
-
-    tokenizer = None
-    if with_tokenizer:
-        if source.format is SourceFormat.GGUF:
-            tokenizer = load_tokenizer_gguf(source.path)
-        elif has_tokenizer(source.path):
-            tokenizer = load_tokenizer_dir(source.path)
+    tokenizer = tokenizer_job.result() if tokenizer_job is not None else None
     return LoadedModel(source, spec, model, tokenizer, torch_dtype, device, time.perf_counter() - start)
+
+
+def _load_tokenizer(source: ModelSource):
+    if source.format is SourceFormat.GGUF:
+        return load_tokenizer_gguf(source.path)
+    return load_tokenizer_dir(source.path) if has_tokenizer(source.path) else None
 
 
 def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: ProgressFn) -> LlamaForCausalLM:
