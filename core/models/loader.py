@@ -45,8 +45,11 @@ def load_model(
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
     with_tokenizer: bool = True,
+    fast_tokenizer: bool = True,
     progress: ProgressFn = no_progress,
 ) -> LoadedModel:
+    """fast_tokenizer=False: transformers' tokenizer object even where FastTokenizer would do
+    (export needs its save_pretrained)."""
     start = time.perf_counter()
     source = resolve_model(reference) if isinstance(reference, str) else reference
     device = torch.device(device) if device is not None else default_device()
@@ -54,12 +57,12 @@ def load_model(
     if device.type == "cpu":
         configure_threads()
 
-    # The tokenizer loads beside the weights: it is mostly Python (transformers' import) and
-    # the weights mostly numpy/torch, which release the GIL, so the two overlap on two cores.
+    # The tokenizer loads beside the weights: it is Rust and file reading (or, the first time
+    # for a GGUF, transformers), the weights numpy/torch, so the two overlap on two cores.
     tokenizer_job = None
     if with_tokenizer:
         pool = ThreadPoolExecutor(1, thread_name_prefix="llmtool-tokenizer")
-        tokenizer_job = pool.submit(_load_tokenizer, source)
+        tokenizer_job = pool.submit(_load_tokenizer, source, fast_tokenizer)
         pool.shutdown(wait=False)
 
     if source.format is SourceFormat.GGUF:
@@ -75,10 +78,10 @@ def load_model(
     return LoadedModel(source, spec, model, tokenizer, torch_dtype, device, time.perf_counter() - start)
 
 
-def _load_tokenizer(source: ModelSource):
+def _load_tokenizer(source: ModelSource, fast: bool):
     if source.format is SourceFormat.GGUF:
-        return load_tokenizer_gguf(source.path)
-    return load_tokenizer_dir(source.path) if has_tokenizer(source.path) else None
+        return load_tokenizer_gguf(source.path, fast=fast)
+    return load_tokenizer_dir(source.path, fast=fast) if has_tokenizer(source.path) else None
 
 
 def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: ProgressFn) -> LlamaForCausalLM:

@@ -50,6 +50,15 @@ class Choice:
             self.error = out.error
 
 
+async def _pump(index: int, stream: RequestStream, queue: asyncio.Queue) -> None:
+    """Feed one choice's deltas into the merged queue of a request with several choices."""
+    try:
+        async for out in stream:
+            queue.put_nowait((index, out))
+    except Exception as e:  # EngineDeadError: the consumer raises it
+        queue.put_nowait((index, e))
+
+
 class Generation:
     def __init__(
         self,
@@ -98,20 +107,19 @@ class Generation:
         """Each delta as it comes, with its (already updated) Choice, until every choice has
         finished. Raises GenerationTimeout past the deadline and EngineDeadError if the
         engine stops. Closing the iterator early aborts the unfinished choices."""
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(index: int, stream: RequestStream) -> None:
-            try:
-                async for out in stream:
-                    queue.put_nowait((index, out))
-            except Exception as e:  # EngineDeadError: the consumer raises it
-                queue.put_nowait((index, e))
-
-        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self.streams)]
-        remaining = len(tasks)
+        if len(self.streams) == 1:  # the common case: read the one stream, no pump task
+            source = self.streams[0]
+            indexed = None
+        else:
+            source = asyncio.Queue()
+            indexed = [asyncio.create_task(_pump(i, s, source)) for i, s in enumerate(self.streams)]
+        remaining = len(self.streams)
         try:
             while remaining:
-                index, item = await self._next(queue)
+                if indexed is None:
+                    index, item = 0, await self._next(source.__anext__())
+                else:
+                    index, item = await self._next(source.get())
                 if isinstance(item, BaseException):
                     raise item
                 choice = self.choices[index]
@@ -121,7 +129,7 @@ class Generation:
                     self._observe(choice)
                 yield choice, item
         finally:
-            for task in tasks:
+            for task in indexed or ():
                 task.cancel()
             for stream in self.streams:
                 stream.close()  # no-op for finished ones
@@ -136,14 +144,14 @@ class Generation:
             pass
         return self.choices
 
-    async def _next(self, queue: asyncio.Queue):
+    async def _next(self, awaitable):
         if self.deadline is None:
-            return await queue.get()
+            return await awaitable
         left = self.deadline - time.monotonic()
         try:
             if left <= 0:
                 raise TimeoutError
-            return await asyncio.wait_for(queue.get(), left)
+            return await asyncio.wait_for(awaitable, left)
         except TimeoutError:
             raise GenerationTimeout(
                 f"the request did not finish within the server's timeout of {self.deadline - self.start:g} s"

@@ -11,6 +11,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..errors import LlmtoolError
 from .config import ServerConfig
@@ -42,9 +43,12 @@ def serve(
     """Serve until a signal; raises LlmtoolError if the model failed to load."""
     import uvicorn
 
+    from ..models.resolve import resolve_model
     from .app import create_app
 
+    resolve_model(config.engine.model)  # a mistyped --model fails now, not after binding
     sock = bind(config.host, config.port)
+    config = replace(config, port=sock.getsockname()[1])  # --port 0: the one the OS chose
     state = ServerState(config)
     server: _Server | None = None
 
