@@ -1,7 +1,7 @@
 """Reading a GGUF file as a Llama-family model: metadata -> HF config, tensors -> HF names.
 
 The header is read by our own GGUFFile (fast: it is most of a cold start) and quantized
-tensors are dequantized by gguf_dequant; llama.cpp's q/k row permutation (for its
+tensors are dequantized by kernels.ggml_dequant; llama.cpp's q/k row permutation (for its
 interleaved rotary layout) is undone so the same forward pass serves GGUF and HF weights.
 """
 
@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .gguf_dequant import dequantize
-from .gguf_file import GGUFFile
+from ..gguf.reader import GGUFFile
 from .spec import ModelSpec, spec_from_hf_config
 
 # GGUF architecture -> (HF architecture, does llama.cpp permute q/k rows for it?)
@@ -112,7 +111,7 @@ class GGUFSource:
         spec = spec_from_hf_config(self.hf_config())
         freqs = next((t for t in self.tensors if t.name == "rope_freqs.weight"), None)
         if freqs is not None:  # Llama-3 rope scaling, stored as per-frequency divisors
-            factors = tuple(float(x) for x in dequantize(freqs).ravel())
+            factors = tuple(float(x) for x in freqs.dequantize().ravel())
             spec = replace(spec, rope=replace(spec.rope, freq_factors=factors))
         return spec
 
@@ -132,7 +131,7 @@ class GGUFSource:
             if name is None:
                 continue
             try:
-                array = dequantize(t)
+                array = t.dequantize()
             except Exception as e:
                 raise ModelError(f"cannot read tensor {t.name} from {self.path.name}: {e}") from None
             tensor = torch.from_numpy(array)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...kernels.ggml_dequant import dequantize_ggml
 from ..errors import ModelError
 
 _MAGIC = b"GGUF"
@@ -47,6 +48,10 @@ class GGUFTensor:
     @property
     def num_elements(self) -> int:
         return int(np.prod(self.shape))
+
+    def dequantize(self) -> np.ndarray:
+        """float32, writable, in torch order."""
+        return dequantize_ggml(self.data, self.type_id, self.type_name, self.shape)
 
 
 class GGUFFile:

@@ -1,4 +1,4 @@
-"""GGUF tensors to float32: the common types vectorised here, the rest through gguf-py.
+"""GGML tensor data to float32: the common types vectorised here, the rest through gguf-py.
 
 gguf-py's dequantizers are exact but slow (about 2 s for the default model's Q4_1
 weights); these do the same arithmetic as ggml's dequantize_row_* in a few numpy passes.
@@ -7,22 +7,21 @@ Block layouts: ../shared/REFERENCE.md and ggml-quants.c.
 
 import numpy as np
 
-from .gguf_file import GGUFTensor
 
-
-def dequantize(t: GGUFTensor) -> np.ndarray:
-    """The tensor as a new, writable float32 array in torch order (t.shape)."""
-    fast = _FAST.get(t.type_name)
+def dequantize_ggml(data: np.ndarray, type_id: int, type_name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A tensor's raw uint8 bytes of ggml type `type_id` (named `type_name`, e.g. "Q4_1") as a
+    new, writable float32 array of `shape` (torch order)."""
+    fast = _FAST.get(type_name)
     if fast is not None:
-        out = fast(t.data)
+        out = fast(data)
     else:
         import gguf
         from gguf.quants import dequantize as gguf_dequantize
 
-        _, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type_id)]
-        out = gguf_dequantize(t.data.reshape(-1, block_bytes), gguf.GGMLQuantizationType(t.type_id))
-        out = np.ascontiguousarray(out, dtype=np.float32)
-    return out.reshape(t.shape)
+        qtype = gguf.GGMLQuantizationType(type_id)
+        _, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        out = np.ascontiguousarray(gguf_dequantize(data.reshape(-1, block_bytes), qtype), dtype=np.float32)
+    return out.reshape(shape)
 
 
 def _f32(data: np.ndarray) -> np.ndarray:

@@ -7,8 +7,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
 from llmtool.core.errors import ModelError
-from llmtool.core.models.gguf_dequant import dequantize
-from llmtool.core.models.gguf_file import GGUFFile, GGUFTensor
+from llmtool.core.gguf.reader import GGUFFile, GGUFTensor
 
 Q = gguf.GGMLQuantizationType
 
@@ -48,7 +47,7 @@ def test_header_and_tensors_match_gguf_py(tmp_path):
         assert mine.shape == tuple(reversed(theirs.shape.tolist()))
         assert mine.type_name == theirs.tensor_type.name
         expected = gguf_dequantize(theirs.data, theirs.tensor_type).astype(np.float32).reshape(mine.shape)
-        assert np.array_equal(dequantize(mine), expected), mine.name
+        assert np.array_equal(mine.dequantize(), expected), mine.name
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.F16, Q.BF16])
@@ -56,7 +55,7 @@ def test_fast_dequantizers_are_bit_exact(qtype):
     x = np.random.default_rng(1).standard_normal((16, 256)).astype(np.float32) * 3
     raw = gguf_quantize(x, qtype)
     tensor = GGUFTensor("x", (16, 256), int(qtype), qtype.name, raw.reshape(-1).view(np.uint8))
-    out = dequantize(tensor)
+    out = tensor.dequantize()
     assert out.flags.writeable and out.dtype == np.float32
     assert np.array_equal(out, gguf_dequantize(raw, qtype).astype(np.float32))
 
