@@ -5,6 +5,7 @@ balancer sees the process at once and a cold start costs only our own loader's t
 """
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,18 @@ from .metrics import ServerMetrics
 from .token_text import token_texts
 
 log = logging.getLogger("llmtool.server")
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), for the cold-start figure; else None."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 class ServerState:
@@ -63,6 +76,7 @@ class ServerState:
 
         cfg = self.config.engine
         start = time.perf_counter()
+        log.debug("loading starts %.2f s after process start", process_age() or 0.0)
         loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
         loaded_at = time.perf_counter()
         engine = Engine(cfg, loaded=loaded)
@@ -83,7 +97,7 @@ class ServerState:
             "KV cache": f"{engine.capacity_tokens:,} tokens ({engine.block_manager.num_blocks} blocks)",
             "max model len": f"{engine.max_model_len:,}",
             "batch": f"{cfg.max_num_seqs} sequences, queue {self.config.max_queue}",
-            "load time": f"{time.perf_counter() - start:.1f} s",
+            "load time": f"{time.perf_counter() - start:.1f} s" + _since_start(),
         }
         self.engine = AsyncEngine(engine, max_pending=self.config.max_pending).start()
 
@@ -102,3 +116,8 @@ class ServerState:
     async def shutdown(self) -> None:
         if self.engine is not None:
             await self.engine.shutdown()
+
+
+def _since_start() -> str:
+    age = process_age()
+    return "" if age is None else f" (ready {age:.1f} s after process start)"
