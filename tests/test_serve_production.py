@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 KEY = "sk-test-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 POISON = 4242  # embedding row set to NaN
+ORIGIN = "https://app.example.com"
 TIMEOUT = 6  # seconds: long enough for every other test's requests on a busy machine
 
 
@@ -41,6 +42,7 @@ def tiny_dir(tmp_path_factory):
 def server(tiny_dir):
     args = ["--model", str(tiny_dir), "--served-model-name", "tiny", "--api-key", KEY]
     args += ["--max-num-seqs", "2", "--max-queue", "1", "--request-timeout", str(TIMEOUT), "--dtype", "fp32"]
+    args += ["--cors-origin", ORIGIN]
     proc = ServerProcess(*args).wait_ready()
     yield proc
     assert proc.stop() == 0, proc.output()
@@ -68,6 +70,23 @@ def test_api_key_is_required_on_v1_only(server):
     assert httpx.get(f"{server.url}/v1/models", headers=AUTH).json()["data"][0]["id"] == "tiny"
     assert httpx.get(f"{server.url}/health").status_code == 200
     assert httpx.get(f"{server.url}/metrics").status_code == 200
+
+
+def test_cors_preflight_and_responses_name_the_allowed_origin(server):
+    preflight = httpx.options(
+        f"{server.url}/v1/chat/completions",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert preflight.status_code == 200  # a browser's preflight carries no API key
+    assert preflight.headers["access-control-allow-origin"] == ORIGIN
+    r = httpx.get(f"{server.url}/v1/models", headers={**AUTH, "Origin": ORIGIN})
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.get(f"{server.url}/v1/models", headers={**AUTH, "Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
 
 
 def test_a_nan_request_fails_alone_and_the_server_keeps_serving(server):
