@@ -12,6 +12,7 @@ from .serving import (
     check_model,
     check_ready,
     choice_error,
+    encode,
     failure,
     now,
     prompt_params,
@@ -21,7 +22,7 @@ from .serving import (
 from .state import ServerState
 
 
-def render_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
+async def render_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
     """The messages through the model's chat template, tokenized as the template wrote them."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise RequestError(
@@ -33,7 +34,7 @@ def render_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
         )
     except Exception as e:  # the template's own raise_exception (e.g. roles out of order)
         raise RequestError(f"The chat template rejected the messages: {e}", "messages") from None
-    return tokenizer.encode(text, add_special_tokens=False)
+    return await encode(tokenizer, text, add_special_tokens=False)
 
 
 async def create_chat_completion(state: ServerState, request: Request) -> Response:
@@ -41,7 +42,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     body = await parse_body(request, ChatCompletionRequest)
     check_model(state, body.model)
     check_ready(state)
-    prompts = [render_prompt(state.tokenizer, body)]
+    prompts = [await render_prompt(state.tokenizer, body)]
     params = prompt_params(state, body, prompts)
     generation = await admit(state, prompts, params, body.n or 1, "chatcmpl", start)
     meta = ResponseMeta.new(state.config.model_name, is_chat=True)

@@ -18,6 +18,7 @@ from .serving import (
     check_model,
     check_ready,
     choice_error,
+    encode,
     failure,
     now,
     prompt_params,
@@ -34,7 +35,7 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     check_ready(state)
     tokenizer = state.tokenizer
     raw_prompts = body.prompts
-    prompts = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in raw_prompts]
+    prompts = [await encode(tokenizer, p) if isinstance(p, str) else list(p) for p in raw_prompts]
     params = prompt_params(state, body, prompts)
     generation = await admit(state, prompts, params, body.n or 1, "cmpl", start)
     meta = ResponseMeta.new(state.config.model_name, is_chat=False)

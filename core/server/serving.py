@@ -2,6 +2,7 @@
 prompt checks, admission (429 on a full queue), token texts for logprobs, usage, and the
 error mapping of a generation that fails midway."""
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -132,6 +133,17 @@ async def stream_events(
     except (GenerationTimeout, EngineDeadError) as e:
         yield sse(failure(e).body())
     yield SSE_DONE
+
+
+_INLINE_TEXT = 16384  # characters: shorter prompts tokenize in well under a millisecond
+
+
+async def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Tokenize on the event loop when it is quick; a long prompt goes to a worker thread so
+    it does not stall every other stream's chunks (the Rust tokenizer releases the GIL)."""
+    if len(text) <= _INLINE_TEXT:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
 
 
 def now() -> float:
