@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from . import generate, models, serve
+from . import bench, generate, models, serve
 
 app = typer.Typer(
     name="llmtool",
@@ -15,6 +15,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(models.app, name="models")
+app.add_typer(bench.app, name="bench")
 app.command("generate")(generate.generate)
 app.command("serve")(serve.serve)
 

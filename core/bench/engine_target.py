@@ -32,8 +32,16 @@ class EngineTarget:
         )
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    async def send(self, index: int, prompt: str, output_len: int, scheduled: float, t0: float) -> RequestRecord:
-        record = RequestRecord(index, scheduled)
+    async def send(
+        self,
+        index: int,
+        prompt: str,
+        output_len: int,
+        scheduled: float,
+        t0: float,
+        prompt_len: int | None = None,
+    ) -> RequestRecord:
+        record = RequestRecord(index, scheduled, prompt_len=prompt_len)
         params = SamplingParams(
             max_tokens=output_len,
             temperature=self.temperature,

@@ -1,0 +1,211 @@
+"""`llmtool bench`: load-test an OpenAI-compatible server or our engine in-process, report
+latency percentiles and throughput, and gate CI on SLOs; `llmtool bench compare A B`."""
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .console import console, err_console
+from .errors import handle_errors
+from .options import ConfigOpt, DtypeOpt
+from .output import write_json
+
+METRICS_HELP = """Metrics (REFERENCE definitions): TTFT = scheduled send time -> first chunk with text;
+E2E = scheduled send -> last text chunk; TPOT = (E2E - TTFT) / (output tokens - 1);
+ITL = every gap between text chunks, a k-token chunk counting as k gaps of gap/k;
+output tokens = the server's usage; throughputs over first dispatch -> last completion;
+goodput = requests/s meeting every per-request SLO."""
+
+app = typer.Typer(
+    help="Benchmark a server (--url) or our engine in-process (default: the default model).\n\n"
+    + METRICS_HELP,
+    invoke_without_command=True,
+)
+
+
+@app.callback(invoke_without_command=True)
+@handle_errors
+def run(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option("--url", help="OpenAI-compatible server, e.g. http://127.0.0.1:8000.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="In-process: the model to load. With --url: the model name to request."
+        ),
+    ] = None,
+    endpoint: Annotated[str, typer.Option("--endpoint", help="completions or chat.")] = "completions",
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="LLMTOOL_API_KEY", show_default=False, help="Bearer key for --url."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", help="Model reference whose tokenizer sizes the prompts (--url)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Closed loop: requests in flight.")
+    ] = None,
+    rate: Annotated[
+        float | None, typer.Option("--rate", help="Open loop: requests/s, Poisson (inf: all at once).")
+    ] = None,
+    burstiness: Annotated[
+        float, typer.Option("--burstiness", help="Gamma shape of the gaps (1 Poisson, inf constant).")
+    ] = 1.0,
+    max_concurrency: Annotated[
+        int | None, typer.Option("--max-concurrency", min=1, help="Open loop: cap in flight.")
+    ] = None,
+    num_requests: Annotated[
+        int | None, typer.Option("--num-requests", "-n", min=1, help="Measured requests.")
+    ] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Seconds to keep sending.")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Requests sent first and excluded.")] = 2,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds per request.")] = 600.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the prompts, lengths and arrival times.")] = 0,
+    input_len: Annotated[int, typer.Option("--input-len", min=1, help="Prompt tokens (synthetic).")] = 256,
+    output_len: Annotated[
+        int | None, typer.Option("--output-len", min=1, help="Output tokens (default 128).")
+    ] = None,
+    len_range: Annotated[
+        float, typer.Option("--len-range", min=0.0, max=0.99, help="Lengths uniform in len*(1 +- r).")
+    ] = 0.0,
+    prefix_len: Annotated[
+        int, typer.Option("--prefix-len", min=0, help="Shared prefix tokens, before input-len.")
+    ] = 0,
+    dataset: Annotated[
+        Path | None, typer.Option("--dataset", help="JSONL/JSON of prompts or ShareGPT conversations.")
+    ] = None,
+    no_ignore_eos: Annotated[
+        bool,
+        typer.Option("--no-ignore-eos", help="Let requests stop at EOS (default: fixed output lengths)."),
+    ] = False,
+    slo: Annotated[
+        list[str] | None,
+        typer.Option("--slo", help="Gate, e.g. ttft_p99_ms=500, tpot_p99_ms=50, error_rate=0.01."),
+    ] = None,
+    p99: Annotated[bool, typer.Option("--p99", help="Add p99.9 and max columns.")] = False,
+    percentiles: Annotated[
+        str | None, typer.Option("--percentiles", help="Comma-separated, e.g. 50,90,99,99.9.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write config, summary, environment and every request here.")
+    ] = None,
+    dtype: DtypeOpt = "auto",
+    config: ConfigOpt = None,
+) -> None:
+    """Example: llmtool bench --url http://127.0.0.1:8000 -c 8 -n 64 --slo ttft_p99_ms=500"""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..core.bench.load import LoadConfig
+    from ..core.bench.runner import BenchConfig, run_benchmark
+    from ..core.bench.workload import WorkloadConfig
+    from ..core.errors import UsageError
+    from .progress import rich_progress
+
+    if concurrency is None and rate is None:
+        concurrency = 4
+    if num_requests is None and duration is None:
+        num_requests = 8 * (concurrency or 4)
+    pcts = _percentiles(percentiles, p99)
+    bench_config = BenchConfig(
+        url=url,
+        model=model,
+        endpoint=endpoint,
+        api_key=api_key,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        load=LoadConfig(
+            num_requests=num_requests,
+            duration=duration,
+            concurrency=concurrency,
+            rate=rate,
+            burstiness=burstiness,
+            max_concurrency=max_concurrency,
+            warmup=warmup,
+            seed=seed,
+        ),  # fmt: skip
+        workload=WorkloadConfig(
+            input_len=input_len,
+            output_len=output_len,
+            len_range=len_range,
+            prefix_len=prefix_len,
+            seed=seed,
+            dataset=dataset,
+        ),  # fmt: skip
+        timeout=timeout,
+        ignore_eos=not no_ignore_eos,
+        slos=tuple(slo or ()),
+        percentiles=pcts,
+    )
+    if endpoint not in ("completions", "chat"):
+        raise UsageError(f"--endpoint must be completions or chat, not '{endpoint}'")
+    bench_config.parsed_slos()  # a malformed SLO is a usage error before anything starts
+
+    with rich_progress() as progress:
+        result = run_benchmark(bench_config, lambda done, total: progress("requests", done, total or 0))
+    data = result.to_dict()
+    if json_path:
+        write_json(json.dumps(data, indent=2), json_path)
+    from .bench_report import print_summary
+
+    target = result.target
+    title = f"{target.get('model')} ({target['kind']}"
+    title += f", {target['url']})" if target["kind"] == "http" else f", {target.get('dtype')})"
+    load = bench_config.load
+    title += f": concurrency {load.concurrency}" if load.concurrency else f": rate {load.rate}/s"
+    print_summary(data["summary"], title, ("max",) if p99 else ())
+    if result.aborted:
+        err_console.print("[yellow]interrupted: the figures cover the requests that finished[/]")
+    for violation in result.violations:
+        err_console.print(f"[bold red]{violation.message}[/]", highlight=False)
+    if result.violations or result.aborted:
+        raise typer.Exit(1)
+    if bench_config.slos:
+        console.print(f"[green]all {len(bench_config.slos)} SLOs met[/]")
+
+
+def _percentiles(text: str | None, p99: bool) -> tuple[float, ...]:
+    from ..core.bench.metrics import DEFAULT_PERCENTILES
+    from ..core.errors import UsageError
+
+    if text is None:
+        values = list(DEFAULT_PERCENTILES)
+    else:
+        try:
+            values = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise UsageError(f"--percentiles takes numbers like 50,90,99.9, not '{text}'") from None
+        if not values or any(not (0 <= v <= 100) or math.isnan(v) for v in values):
+            raise UsageError(f"--percentiles must be between 0 and 100: '{text}'")
+    if p99 and 99.9 not in values:
+        values.append(99.9)
+    return tuple(int(v) if v == int(v) else v for v in values)
+
+
+@app.command("compare")
+@handle_errors
+def compare(
+    a: Annotated[Path, typer.Argument(help="Baseline result (--json of a run).")],
+    b: Annotated[Path, typer.Argument(help="Result to compare with it.")],
+) -> None:
+    """Side by side with ratios B/A (green where B is better).
+
+    Example: llmtool bench compare before.json after.json
+    """
+    from ..core.errors import UsageError
+    from .bench_report import compare_table
+
+    summaries = []
+    for path in (a, b):
+        try:
+            summaries.append(json.loads(path.read_text())["summary"])
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror}") from None
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"{path} is not a result of llmtool bench --json") from None
+    console.print(compare_table(summaries[0], summaries[1], a.stem, b.stem))

@@ -1,0 +1,245 @@
+"""run_benchmark: one benchmark from a frozen BenchConfig to a BenchResult (records, summary,
+SLO verdicts, what ran where). The CLI renders it; nothing here prints.
+
+Targets: `url` (any OpenAI-compatible server, through http_client) or `model` (our engine
+in this process, through engine_target, no HTTP). The workload is tokenized with the
+model's own tokenizer in-process; for a server, with `tokenizer` if given, else the served
+model's name when it resolves as a model reference (our alias, a local path), else the
+default model's tokenizer (said so in the result: lengths are then approximate).
+"""
+
+import asyncio
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+
+from ..errors import LlmtoolError, UsageError
+from .http_client import ClientConfig, OpenAIClient
+from .load import LoadConfig, LoadResult, Progress, run_load
+from .metrics import DEFAULT_PERCENTILES, Summary, summarize
+from .records import RequestRecord
+from .slo import SLO, Violation, evaluate, parse_slo
+from .workload import Request, WorkloadConfig, build_requests
+
+log = logging.getLogger("llmtool.bench")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    url: str | None = None  # an OpenAI-compatible server; None: our engine in-process
+    model: str | None = None  # in-process: the model reference; with url: the model name to request
+    endpoint: str = "completions"  # or "chat"
+    api_key: str | None = None
+    tokenizer: str | None = None  # model reference whose tokenizer builds the workload (url targets)
+    dtype: str = "auto"  # in-process
+    load: LoadConfig = field(default_factory=lambda: LoadConfig(num_requests=32, concurrency=4))
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    timeout: float = 600.0  # seconds per request
+    ignore_eos: bool = True  # fixed output lengths, where the server supports it
+    temperature: float = 0.0
+    slos: tuple[str, ...] = ()
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+
+    def parsed_slos(self) -> list[SLO]:
+        return [parse_slo(text) for text in self.slos]
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    target: dict  # what was measured: kind, url or model, served name, tokenizer, engine figures
+    records: list[RequestRecord]
+    summary: Summary
+    violations: list[Violation]
+    aborted: bool
+    environment: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return _json_safe(
+            {
+                "config": _config_dict(self.config),
+                "target": self.target,
+                "environment": self.environment,
+                "aborted": self.aborted,
+                "summary": self.summary.to_dict(),
+                "slo": [{"slo": v.slo.text, "value": v.value, "message": v.message} for v in self.violations],
+                "records": [r.to_dict() for r in self.records],
+            }
+        )
+
+
+def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
+    """Run it; Ctrl-C stops the requests in flight and returns what finished (aborted=True)."""
+    slos = config.parsed_slos()  # bad SLO text fails before anything loads
+    if config.url is not None:
+        return asyncio.run(_run_http(config, slos, progress))
+    return _run_in_process(config, slos, progress)
+
+
+async def _run_http(config: BenchConfig, slos: list[SLO], progress: Progress | None) -> BenchResult:
+    load = config.load
+    client_config = ClientConfig(
+        base_url=config.url,
+        endpoint=config.endpoint,
+        model=config.model,
+        api_key=config.api_key,
+        timeout=config.timeout,
+        max_connections=load.concurrency or load.max_concurrency,
+        ignore_eos=config.ignore_eos,
+        temperature=config.temperature,
+    )
+    async with OpenAIClient(client_config) as client:
+        info = await client.probe()
+        tokenizer, tokenizer_name = _client_tokenizer(config.tokenizer, info.model)
+        requests = _requests(config, tokenizer)
+
+        def target(index: int, scheduled: float, t0: float):
+            r = requests[index % len(requests)]
+            return client.send(index, r.prompt, r.output_len, scheduled, t0, prompt_len=r.prompt_len)
+
+        result = await run_load(target, load, progress)
+    what = {"kind": "http", "url": config.url, "endpoint": config.endpoint, "model": info.model}
+    what["tokenizer"] = tokenizer_name
+    return _finish(config, slos, result, what)
+
+
+def _run_in_process(config: BenchConfig, slos: list[SLO], progress: Progress | None) -> BenchResult:
+    from ..engine.async_engine import AsyncEngine
+    from ..engine.config import EngineConfig
+    from ..engine.engine import Engine
+    from ..models.aliases import DEFAULT_MODEL
+    from .engine_target import EngineTarget
+
+    model = config.model or DEFAULT_MODEL
+    load = config.load
+    width = load.concurrency or load.max_concurrency or 64
+    engine = Engine(EngineConfig(model=model, dtype=config.dtype, max_num_seqs=max(64, min(width, 256))))
+    tokenizer = engine.loaded.require_tokenizer()
+    requests = _requests(config, tokenizer)
+    target_impl = EngineTarget(
+        AsyncEngine(engine), tokenizer, chat=config.endpoint == "chat", ignore_eos=config.ignore_eos,
+        temperature=config.temperature,
+    )  # fmt: skip
+
+    async def main() -> LoadResult:
+        async with target_impl.engine:
+
+            def target(index: int, scheduled: float, t0: float):
+                r = requests[index % len(requests)]
+                return target_impl.send(index, r.prompt, r.output_len, scheduled, t0, prompt_len=r.prompt_len)
+
+            return await run_load(target, load, progress)
+
+    result = asyncio.run(main())
+    from ..runtime import dtype_name
+
+    what = {
+        "kind": "in-process",
+        "model": model,
+        "dtype": dtype_name(engine.loaded.dtype),
+        "device": str(engine.loaded.device),
+        "kv_cache_tokens": engine.capacity_tokens,
+        "max_num_seqs": engine.config.max_num_seqs,
+        "tokenizer": model,
+    }
+    stats = engine.stats()
+    what["prefix_cache_hit_rate"] = (
+        stats.prefix_cache_hits / stats.prefix_cache_queries if stats.prefix_cache_queries else None
+    )
+    what["preemptions"] = stats.num_preemptions
+    return _finish(config, slos, result, what)
+
+
+def _requests(config: BenchConfig, tokenizer) -> list[Request]:
+    load = config.load
+    # Warm-up takes the first items, measured requests the next; a duration-bound run cycles.
+    count = load.warmup + (load.num_requests or max(256, 4 * (load.concurrency or 1)))
+    return build_requests(replace(config.workload, num_requests=count), tokenizer)
+
+
+def _client_tokenizer(reference: str | None, served: str):
+    from ..models.aliases import DEFAULT_MODEL
+    from ..models.resolve import SourceFormat, resolve_model
+    from ..models.tokenizer import has_tokenizer, load_tokenizer_dir, load_tokenizer_gguf
+
+    for ref in (reference, served):
+        if ref is None:
+            continue
+        try:
+            source = resolve_model(ref)
+        except LlmtoolError:
+            if ref is reference:
+                raise
+            continue
+        if source.format is SourceFormat.GGUF:
+            return load_tokenizer_gguf(source.path), ref
+        if has_tokenizer(source.path):
+            return load_tokenizer_dir(source.path), ref
+        if ref is reference:
+            raise UsageError(f"--tokenizer {ref}: no tokenizer files there")
+    source = resolve_model(DEFAULT_MODEL)
+    log.warning("no tokenizer for '%s': lengths are counted with %s's", served, DEFAULT_MODEL)
+    return load_tokenizer_gguf(source.path), f"{DEFAULT_MODEL} (fallback: pass --tokenizer)"
+
+
+def _finish(config: BenchConfig, slos: list[SLO], result: LoadResult, target: dict) -> BenchResult:
+    summary = summarize(result.records, percentiles=config.percentiles, slos=slos)
+    return BenchResult(
+        config=config,
+        target=target,
+        records=result.records,
+        summary=summary,
+        violations=evaluate(summary, slos),
+        aborted=result.aborted,
+        environment=environment(),
+    )
+
+
+def environment() -> dict:
+    def pkg(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "llmtool": pkg("llmtool"),
+        "python": platform.python_version(),
+        "torch": pkg("torch"),
+        "httpx": pkg("httpx"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+    }
+
+
+def _config_dict(config: BenchConfig) -> dict:
+    out = asdict(config)
+    if out.get("api_key"):
+        out["api_key"] = "***"  # never write a secret into a results file
+    if out["workload"].get("dataset") is not None:
+        out["workload"]["dataset"] = str(out["workload"]["dataset"])
+    return out
+
+
+def _json_safe(value):
+    """JSON has no Infinity or NaN: an infinite rate or burstiness is written as "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else "-inf" if value < 0 else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

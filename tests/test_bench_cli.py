@@ -1,0 +1,98 @@
+"""`llmtool bench` end to end: in-process on the default model, against the real `llmtool serve`,
+SLO gates' exit codes, `bench compare`, and bad input as one line with the right exit code."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.server_process import ServerProcess
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+
+LLMTOOL = Path(sys.executable).with_name("llmtool")
+SHORT = ["--input-len", "32", "--output-len", "8", "-c", "2", "-n", "4", "--warmup", "1"]
+
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(LLMTOOL), "bench", *args], capture_output=True, text=True, timeout=timeout, env={"COLUMNS": "200",
+        **{k: v for k, v in __import__("os").environ.items() if k != "LLMTOOL_DEBUG"}},
+    )  # fmt: skip
+
+
+def one_error_line(result: subprocess.CompletedProcess, code: int) -> str:
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def server():
+    proc = ServerProcess().wait_ready()
+    yield proc
+    proc.stop()
+
+
+def test_in_process_default_model_writes_json_and_a_table(tmp_path):
+    out = tmp_path / "run.json"
+    result = bench(*SHORT, "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "TTFT (ms)" in result.stdout and "output tok/s" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["target"]["kind"] == "in-process" and data["summary"]["num_completed"] == 4
+    assert [r["output_tokens"] for r in data["records"]] == [8, 8, 8, 8]
+    assert all(r["prompt_len"] == 32 for r in data["records"])
+    assert data["config"]["load"]["concurrency"] == 2 and data["environment"]["torch"]
+
+
+def test_against_llmtool_serve_with_slo_gates(server, tmp_path):
+    out = tmp_path / "served.json"
+    ok = bench(
+        "--url", server.url, *SHORT, "--json", str(out), "--slo", "ttft_p99_ms=60000", "--slo", "error_rate=0"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "all 2 SLOs met" in ok.stdout
+    data = json.loads(out.read_text())
+    assert data["target"]["kind"] == "http" and data["target"]["model"] == "smollm2-135m"
+    assert data["summary"]["num_completed"] == 4 and data["slo"] == []
+    # Server usage and the client's prompt token counts agree with the workload's.
+    assert all(r["output_tokens"] == 8 and r["prompt_tokens"] == 32 for r in data["records"])
+    impossible = bench(
+        "--url", server.url, *SHORT, "--slo", "ttft_p99_ms=0.001", "--slo", "tpot_p50_ms=0.001"
+    )
+    assert impossible.returncode == 1
+    violated = [line for line in impossible.stderr.splitlines() if line.startswith("SLO violated")]
+    assert len(violated) == 2 and "ttft_p99_ms" in violated[0] and "tpot_p50_ms" in violated[1]
+
+    compared = subprocess.run(
+        [str(LLMTOOL), "bench", "compare", str(out), str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert compared.returncode == 0 and "1.00x" in compared.stdout
+
+
+def test_bad_input_is_one_line_with_the_right_exit_code(server, tmp_path):
+    assert "bad SLO" in one_error_line(bench("--url", server.url, "--slo", "ttft_p99=5"), 2)
+    assert "Cannot reach" in one_error_line(bench("--url", "http://127.0.0.1:9", "-n", "2"), 1)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "empty.jsonl" in one_error_line(bench("--url", server.url, "--dataset", str(empty), "-n", "2"), 2)
+    assert "not a result" in one_error_line(
+        subprocess.run(
+            [str(LLMTOOL), "bench", "compare", str(empty), str(empty)], capture_output=True, text=True
+        ),
+        2,
+    )
+
+
+def test_wrong_api_key_is_one_line(tmp_path):
+    proc = ServerProcess("--api-key", "right").wait_ready()
+    try:
+        line = one_error_line(bench("--url", proc.url, "--api-key", "wrong", "-n", "2"), 1)
+        assert "API key" in line
+    finally:
+        proc.stop()
