@@ -5,7 +5,12 @@ from rich.table import Table
 
 from .console import console
 
-LATENCIES = (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)"), ("itl_ms", "ITL (ms)"), ("e2e_ms", "E2E (ms)"))
+LATENCIES = (
+    ("ttft_ms", "TTFT (ms)"),
+    ("tpot_ms", "TPOT (ms)"),
+    ("itl_ms", "ITL (ms)"),
+    ("e2e_ms", "E2E (ms)"),
+)
 THROUGHPUTS = (
     ("request_throughput", "requests/s"),
     ("output_throughput", "output tok/s"),

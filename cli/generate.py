@@ -65,7 +65,9 @@ def generate(
             )
 
     start = time.perf_counter()
-    output_ids = greedy_generate(loaded.model.prepare_for_inference(), prompt_ids, max_tokens, loaded.spec.eos_token_ids, on_token)
+    output_ids = greedy_generate(
+        loaded.model.prepare_for_inference(), prompt_ids, max_tokens, loaded.spec.eos_token_ids, on_token
+    )
     elapsed = time.perf_counter() - start
     if to_terminal:
         console.print(detokenizer.flush(), soft_wrap=True, highlight=False, markup=False)
