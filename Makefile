@@ -56,6 +56,8 @@ test-fast: $(STAMP_DEV)
 demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool models inspect smollm2-135m
 	$(VENV)/bin/llmtool generate "In one sentence, what is a GPU?" --max-tokens 48
+	# The main job: benchmark the default model in-process (32 requests, 4 at a time, about a minute).
+	$(VENV)/bin/llmtool bench
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
 bench: bench-engine bench-serve

@@ -92,9 +92,16 @@ def run(
     percentiles: Annotated[
         str | None, typer.Option("--percentiles", help="Comma-separated, e.g. 50,90,99,99.9.")
     ] = None,
+    sweep: Annotated[
+        str | None, typer.Option("--sweep", help="One run per value: concurrency=1,2,4,8 or rate=1,2,4.")
+    ] = None,
+    sweep_stop_on_slo: Annotated[
+        bool, typer.Option("--sweep-stop-on-slo", help="End the sweep at the first step that misses an SLO.")
+    ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write config, summary, environment and every request here.")
     ] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per request here.")] = None,
     dtype: DtypeOpt = "auto",
     config: ConfigOpt = None,
 ) -> None:
@@ -102,7 +109,7 @@ def run(
     if ctx.invoked_subcommand is not None:
         return
     from ..core.bench.load import LoadConfig
-    from ..core.bench.runner import BenchConfig, run_benchmark
+    from ..core.bench.runner import BenchConfig, run_sweep
     from ..core.bench.workload import WorkloadConfig
     from ..core.errors import UsageError
     from .progress import rich_progress
@@ -110,7 +117,7 @@ def run(
     if concurrency is None and rate is None:
         concurrency = 4
     if num_requests is None and duration is None:
-        num_requests = 8 * (concurrency or 4)
+        num_requests = 4 * (concurrency or 4)
     pcts = _percentiles(percentiles, p99)
     bench_config = BenchConfig(
         url=url,
@@ -146,27 +153,87 @@ def run(
         raise UsageError(f"--endpoint must be completions or chat, not '{endpoint}'")
     bench_config.parsed_slos()  # a malformed SLO is a usage error before anything starts
 
+    loads = _sweep_loads(bench_config.load, sweep)
     with rich_progress() as progress:
-        result = run_benchmark(bench_config, lambda done, total: progress("requests", done, total or 0))
-    data = result.to_dict()
+
+        def report(done: int, total: int | None) -> None:
+            progress("requests", done, total or 0)
+
+        results = run_sweep(bench_config, loads, report, stop_on_slo=sweep_stop_on_slo)
+    data = (
+        results[0].to_dict() if sweep is None else {"sweep": sweep, "steps": [r.to_dict() for r in results]}
+    )
     if json_path:
         write_json(json.dumps(data, indent=2), json_path)
-    from .bench_report import print_summary
+    if csv_path:
+        write_csv(results, csv_path)
+    from .bench_report import print_summary, sweep_table
 
-    target = result.target
-    title = f"{target.get('model')} ({target['kind']}"
-    title += f", {target['url']})" if target["kind"] == "http" else f", {target.get('dtype')})"
-    load = bench_config.load
-    title += f": concurrency {load.concurrency}" if load.concurrency else f": rate {load.rate}/s"
-    print_summary(data["summary"], title, ("max",) if p99 else ())
-    if result.aborted:
+    extra = ("max",) if p99 else ()
+    for result in results:
+        print_summary(result.to_dict()["summary"], _title(result), extra)
+    if sweep is not None:
+        console.print(sweep_table(sweep.split("=")[0], [r.to_dict()["summary"] for r in results], results))
+    aborted = any(r.aborted for r in results)
+    if aborted:
         err_console.print("[yellow]interrupted: the figures cover the requests that finished[/]")
-    for violation in result.violations:
+    violations = [v for r in results for v in r.violations]
+    for violation in violations:
         err_console.print(f"[bold red]{violation.message}[/]", highlight=False)
-    if result.violations or result.aborted:
+    if violations or aborted:
         raise typer.Exit(1)
     if bench_config.slos:
         console.print(f"[green]all {len(bench_config.slos)} SLOs met[/]")
+
+
+def _title(result) -> str:
+    target, load = result.target, result.config.load
+    title = f"{target.get('model')} ({target['kind']}"
+    title += f", {target['url']})" if target["kind"] == "http" else f", {target.get('dtype')})"
+    return title + (f": concurrency {load.concurrency}" if load.concurrency else f": rate {load.rate}/s")
+
+
+def _sweep_loads(base, sweep: str | None) -> list:
+    from dataclasses import replace
+
+    from ..core.errors import UsageError
+
+    if sweep is None:
+        return [base]
+    axis, _, values = sweep.partition("=")
+    axis = axis.strip().replace("-", "_")
+    if axis not in ("concurrency", "rate") or not values:
+        raise UsageError(f"--sweep takes concurrency=1,2,4 or rate=0.5,1,2, not '{sweep}'")
+    try:
+        numbers = [(int if axis == "concurrency" else float)(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--sweep {axis}= takes comma-separated numbers, not '{values}'") from None
+    if not numbers:
+        raise UsageError(f"--sweep {axis}= needs at least one value")
+    if axis == "concurrency":
+        return [replace(base, concurrency=n, rate=None, max_concurrency=None) for n in numbers]
+    return [replace(base, rate=r, concurrency=None) for r in numbers]
+
+
+def write_csv(results, path: Path) -> None:
+    """One row per request (every step of a sweep), written to a temp file and renamed."""
+    import csv
+    import io
+
+    fields = ["step", "index", "scheduled", "sent", "ttft_ms", "tpot_ms", "e2e_ms", "prompt_tokens",
+              "output_tokens", "error", "error_detail"]  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for step, result in enumerate(results):
+        for r in result.records:
+            ms = lambda v: None if v is None else round(1000 * v, 3)  # noqa: E731
+            writer.writerow({
+                "step": step, "index": r.index, "scheduled": r.scheduled, "sent": r.sent, "ttft_ms": ms(r.ttft),
+                "tpot_ms": ms(r.tpot), "e2e_ms": ms(r.e2e), "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens, "error": r.error, "error_detail": r.error_detail,
+            })  # fmt: skip
+    write_json(buffer.getvalue().rstrip("\n"), path)
 
 
 def _percentiles(text: str | None, p99: bool) -> tuple[float, ...]:

@@ -104,3 +104,36 @@ def compare_table(a: dict, b: dict, name_a: str, name_b: str) -> Table:
             ratio = f"[{'green' if better else 'red' if r != 1 else 'white'}]{r:.2f}x[/]"
         table.add_row(label, _fmt(va, 2), _fmt(vb, 2), ratio)
     return table
+
+
+def sweep_table(axis: str, summaries: list[dict], results) -> Table:
+    """One row per step of a sweep: the load, throughput, TTFT and TPOT p50/p99, SLO verdict."""
+    table = Table(title=f"sweep over {axis}")
+    columns = [
+        axis,
+        "output tok/s",
+        "req/s",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "goodput",
+        "SLOs",
+    ]
+    for col in columns:
+        table.add_column(col, justify="right")
+    for summary, result in zip(summaries, results, strict=True):
+        load = result.config.load
+        slo = "-" if not result.config.slos else ("[red]missed[/]" if result.violations else "[green]met[/]")
+        table.add_row(
+            str(load.concurrency if axis == "concurrency" else load.rate),
+            _fmt(summary.get("output_throughput")),
+            _fmt(summary.get("request_throughput"), 2),
+            *(
+                _fmt(lookup(summary, m, s))
+                for m, s in (("ttft_ms", "p50"), ("ttft_ms", "p99"), ("tpot_ms", "p50"), ("tpot_ms", "p99"))
+            ),
+            _fmt(summary.get("goodput"), 2),
+            slo,
+        )
+    return table

@@ -50,6 +50,21 @@ def test_in_process_default_model_writes_json_and_a_table(tmp_path):
     assert data["config"]["load"]["concurrency"] == 2 and data["environment"]["torch"]
 
 
+def test_in_process_sweep_writes_a_step_per_value_and_csv_rows(tmp_path):
+    out, csv_out = tmp_path / "sweep.json", tmp_path / "rows.csv"
+    args = ["--sweep", "concurrency=1,2", "-n", "2", "--input-len", "16", "--output-len", "4", "--warmup", "0"]
+    result = bench(*args, "--json", str(out), "--csv", str(csv_out))
+    assert result.returncode == 0, result.stderr
+    assert "sweep over concurrency" in result.stdout
+    steps = json.loads(out.read_text())["steps"]
+    assert [s["config"]["load"]["concurrency"] for s in steps] == [1, 2]
+    # Each step has prompts of its own: no prefix-cache hits carried over from the previous step.
+    prompts = [[r["index"] for r in s["records"]] for s in steps]
+    assert prompts == [[0, 1], [0, 1]]
+    rows = csv_out.read_text().splitlines()
+    assert rows[0].startswith("step,index") and len(rows) == 1 + 4
+
+
 def test_against_llmtool_serve_with_slo_gates(server, tmp_path):
     out = tmp_path / "served.json"
     ok = bench(

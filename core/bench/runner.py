@@ -13,6 +13,7 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 
@@ -73,69 +74,89 @@ class BenchResult:
 
 def run_benchmark(config: BenchConfig, progress: Progress | None = None) -> BenchResult:
     """Run it; Ctrl-C stops the requests in flight and returns what finished (aborted=True)."""
+    return run_sweep(config, [config.load], progress)[0]
+
+
+def run_sweep(
+    config: BenchConfig,
+    loads: list[LoadConfig],
+    progress: Progress | None = None,
+    stop_on_slo: bool = False,
+    on_step: Callable[[BenchResult], None] | None = None,
+) -> list[BenchResult]:
+    """One run per load (e.g. concurrency 1, 2, 4, ...) on one target set up once; each step
+    gets prompts of its own, so no step is flattered by the prefix cache of an earlier one.
+    stop_on_slo: stop after the first step that violates an SLO. Stops after an aborted step."""
     slos = config.parsed_slos()  # bad SLO text fails before anything loads
     if config.url is not None:
-        return asyncio.run(_run_http(config, slos, progress))
-    return _run_in_process(config, slos, progress)
+        return asyncio.run(_sweep_http(config, loads, slos, progress, stop_on_slo, on_step))
+    return _sweep_in_process(config, loads, slos, progress, stop_on_slo, on_step)
 
 
-async def _run_http(config: BenchConfig, slos: list[SLO], progress: Progress | None) -> BenchResult:
-    load = config.load
+async def _run_steps(config, loads, slos, progress, stop_on_slo, on_step, make_target, requests, what):
+    results: list[BenchResult] = []
+    offset = 0
+    for load in loads:
+        step_config = replace(config, load=load)
+        target = make_target(load, offset)
+        result = _finish(step_config, slos, await run_load(target, load, progress), what)
+        results.append(result)
+        if on_step is not None:
+            on_step(result)
+        offset += _num_items(load)
+        if result.aborted or (stop_on_slo and result.violations):
+            break
+    return results
+
+
+async def _sweep_http(config, loads, slos, progress, stop_on_slo, on_step) -> list[BenchResult]:
+    width = max((load.concurrency or load.max_concurrency or 0) for load in loads) or None
     client_config = ClientConfig(
         base_url=config.url,
         endpoint=config.endpoint,
         model=config.model,
         api_key=config.api_key,
         timeout=config.timeout,
-        max_connections=load.concurrency or load.max_concurrency,
+        max_connections=width,
         ignore_eos=config.ignore_eos,
         temperature=config.temperature,
     )
     async with OpenAIClient(client_config) as client:
         info = await client.probe()
         tokenizer, tokenizer_name = _client_tokenizer(config.tokenizer, info.model)
-        requests = _requests(config, tokenizer)
+        requests = _requests(config, loads, tokenizer)
 
-        def target(index: int, scheduled: float, t0: float):
-            r = requests[index % len(requests)]
-            return client.send(index, r.prompt, r.output_len, scheduled, t0, prompt_len=r.prompt_len)
+        def make_target(load: LoadConfig, offset: int):
+            def target(index: int, scheduled: float, t0: float):
+                r = requests[(offset + index) % len(requests)]
+                return client.send(index, r.prompt, r.output_len, scheduled, t0, prompt_len=r.prompt_len)
 
-        result = await run_load(target, load, progress)
-    what = {"kind": "http", "url": config.url, "endpoint": config.endpoint, "model": info.model}
-    what["tokenizer"] = tokenizer_name
-    return _finish(config, slos, result, what)
+            return target
+
+        what = {"kind": "http", "url": config.url, "endpoint": config.endpoint, "model": info.model}
+        what["tokenizer"] = tokenizer_name
+        return await _run_steps(
+            config, loads, slos, progress, stop_on_slo, on_step, make_target, requests, what
+        )
 
 
-def _run_in_process(config: BenchConfig, slos: list[SLO], progress: Progress | None) -> BenchResult:
+def _sweep_in_process(config, loads, slos, progress, stop_on_slo, on_step) -> list[BenchResult]:
     from ..engine.async_engine import AsyncEngine
     from ..engine.config import EngineConfig
     from ..engine.engine import Engine
     from ..models.aliases import DEFAULT_MODEL
+    from ..runtime import dtype_name
     from .engine_target import EngineTarget
 
     model = config.model or DEFAULT_MODEL
-    load = config.load
-    width = load.concurrency or load.max_concurrency or 64
+    width = max((load.concurrency or load.max_concurrency or 64) for load in loads)
     engine = Engine(EngineConfig(model=model, dtype=config.dtype, max_num_seqs=max(64, min(width, 256))))
     tokenizer = engine.loaded.require_tokenizer()
-    requests = _requests(config, tokenizer)
+    requests = _requests(config, loads, tokenizer)
     target_impl = EngineTarget(
         AsyncEngine(engine), tokenizer, chat=config.endpoint == "chat", ignore_eos=config.ignore_eos,
         temperature=config.temperature,
     )  # fmt: skip
-
-    async def main() -> LoadResult:
-        async with target_impl.engine:
-
-            def target(index: int, scheduled: float, t0: float):
-                r = requests[index % len(requests)]
-                return target_impl.send(index, r.prompt, r.output_len, scheduled, t0, prompt_len=r.prompt_len)
-
-            return await run_load(target, load, progress)
-
-    result = asyncio.run(main())
-    from ..runtime import dtype_name
-
     what = {
         "kind": "in-process",
         "model": model,
@@ -145,18 +166,37 @@ def _run_in_process(config: BenchConfig, slos: list[SLO], progress: Progress | N
         "max_num_seqs": engine.config.max_num_seqs,
         "tokenizer": model,
     }
+
+    def make_target(load: LoadConfig, offset: int):
+        def target(index: int, scheduled: float, t0: float):
+            r = requests[(offset + index) % len(requests)]
+            return target_impl.send(index, r.prompt, r.output_len, scheduled, t0, prompt_len=r.prompt_len)
+
+        return target
+
+    async def main() -> list[BenchResult]:
+        async with target_impl.engine:
+            return await _run_steps(
+                config, loads, slos, progress, stop_on_slo, on_step, make_target, requests, what
+            )
+
+    results = asyncio.run(main())
     stats = engine.stats()
     what["prefix_cache_hit_rate"] = (
         stats.prefix_cache_hits / stats.prefix_cache_queries if stats.prefix_cache_queries else None
     )
     what["preemptions"] = stats.num_preemptions
-    return _finish(config, slos, result, what)
+    return results
 
 
-def _requests(config: BenchConfig, tokenizer) -> list[Request]:
-    load = config.load
-    # Warm-up takes the first items, measured requests the next; a duration-bound run cycles.
-    count = load.warmup + (load.num_requests or max(256, 4 * (load.concurrency or 1)))
+def _num_items(load: LoadConfig) -> int:
+    """Workload items one run of `load` may take: warm-up first, then the measured ones; a
+    duration-bound run gets a generous number and cycles beyond it."""
+    return load.warmup + (load.num_requests or max(256, 4 * (load.concurrency or 1)))
+
+
+def _requests(config: BenchConfig, loads: list[LoadConfig], tokenizer) -> list[Request]:
+    count = sum(_num_items(load) for load in loads)
     return build_requests(replace(config.workload, num_requests=count), tokenizer)
 
 
