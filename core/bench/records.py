@@ -23,7 +23,9 @@ class RequestRecord:
     prompt_tokens: int | None = None  # server usage.prompt_tokens
     output_tokens: int | None = None  # server usage.completion_tokens (the count metrics use)
     client_output_tokens: int | None = None  # client tokenizer's count of the text: cross-check only
-    error: str | None = None  # kind: "http_<status>", "timeout", "disconnect", "connect", "invalid"
+    # kind: "http_<status>", "timeout", "disconnect", "connect", "invalid", "stream_error" (an error
+    # event mid-stream), "no_output" (ended cleanly without text), or the engine target's own
+    error: str | None = None
     error_detail: str | None = None  # the first line of what went wrong
 
     @property
