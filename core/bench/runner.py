@@ -141,7 +141,7 @@ async def _sweep_http(config, loads, slos, progress, stop_on_slo, on_step) -> li
 
 
 def _sweep_in_process(config, loads, slos, progress, stop_on_slo, on_step) -> list[BenchResult]:
-    from ..engine.async_engine import AsyncEngine
+    from ..engine.async_engine import AsyncEngine, build_off_main_thread
     from ..engine.config import EngineConfig
     from ..engine.engine import Engine
     from ..models.aliases import DEFAULT_MODEL
@@ -150,7 +150,8 @@ def _sweep_in_process(config, loads, slos, progress, stop_on_slo, on_step) -> li
 
     model = config.model or DEFAULT_MODEL
     width = max((load.concurrency or load.max_concurrency or 64) for load in loads)
-    engine = Engine(EngineConfig(model=model, dtype=config.dtype, max_num_seqs=max(64, min(width, 256))))
+    engine_config = EngineConfig(model=model, dtype=config.dtype, max_num_seqs=max(64, min(width, 256)))
+    engine = build_off_main_thread(lambda: Engine(engine_config))
     tokenizer = engine.loaded.require_tokenizer()
     requests = _requests(config, loads, tokenizer)
     target_impl = EngineTarget(
