@@ -48,6 +48,9 @@ def test_in_process_default_model_writes_json_and_a_table(tmp_path):
     assert [r["output_tokens"] for r in data["records"]] == [8, 8, 8, 8]
     assert all(r["prompt_len"] == 32 for r in data["records"])
     assert data["config"]["load"]["concurrency"] == 2 and data["environment"]["torch"]
+    # The client tokenizer re-counted every output (the cross-check); texts stay out of the file.
+    assert data["summary"]["token_check"]["num_compared"] == 4
+    assert all("output_text" not in r and r["client_output_tokens"] >= 1 for r in data["records"])
 
 
 def test_in_process_sweep_writes_a_step_per_value_and_csv_rows(tmp_path):
@@ -88,6 +91,7 @@ def test_against_llmtool_serve_with_slo_gates(server, tmp_path):
     assert data["summary"]["num_completed"] == 4 and data["slo"] == []
     # Server usage and the client's prompt token counts agree with the workload's.
     assert all(r["output_tokens"] == 8 and r["prompt_tokens"] == 32 for r in data["records"])
+    assert data["summary"]["token_check"]["num_compared"] == 4
     impossible = bench(
         "--url", server.url, *SHORT, "--slo", "ttft_p99_ms=0.001", "--slo", "tpot_p50_ms=0.001"
     )

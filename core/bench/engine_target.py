@@ -51,6 +51,7 @@ class EngineTarget:
         ids = self.prompt_ids(prompt)
         record.sent = time.perf_counter() - t0
         pending_tokens = 0
+        texts: list[str] = []
         try:
             async with await self.engine.add(ids, params) as stream:
                 async for out in stream:
@@ -62,6 +63,7 @@ class EngineTarget:
                         record.chunk_times.append(now)
                         record.chunk_tokens.append(pending_tokens)
                         record.output_text_len += len(out.new_text)
+                        texts.append(out.new_text)
                         record.end = now
                         pending_tokens = 0
                     if out.finished:
@@ -79,6 +81,7 @@ class EngineTarget:
             record.error, record.error_detail = "invalid", str(e)
         except EngineDeadError as e:
             record.error, record.error_detail = "engine_dead", str(e)
+        record.output_text = "".join(texts)
         if record.first_token is None and record.error is None:
             record.error, record.error_detail = "no_output", "the request ended without any text"
         return record

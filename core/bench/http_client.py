@@ -190,6 +190,7 @@ class _Stream:
     def __init__(self, is_chat: bool):
         self.is_chat = is_chat
         self.text_lens: list[int] = []  # characters in each text-carrying chunk
+        self.texts: list[str] = []  # joined once at the end, for the client-tokenizer cross-check
         self.logprob_counts: list[int] = []  # tokens in its logprobs (0: none given)
         self.usage: dict | None = None
         self.done = False  # data: [DONE] seen
@@ -231,6 +232,7 @@ class _Stream:
                 if text:
                     times.append(now)
                     self.text_lens.append(len(text))
+                    self.texts.append(text)
                     lp = choice.get("logprobs")
                     self.logprob_counts.append(
                         len(lp.get("content" if self.is_chat else "tokens") or ()) if lp else 0
@@ -246,6 +248,7 @@ class _Stream:
         if times:
             record.first_token, record.end = times[0], times[-1]
         record.output_text_len = sum(self.text_lens)
+        record.output_text = "".join(self.texts)
         if self.usage:
             record.prompt_tokens = _int_or_none(self.usage.get("prompt_tokens"))
             record.output_tokens = _int_or_none(self.usage.get("completion_tokens"))

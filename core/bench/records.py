@@ -20,6 +20,7 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)  # arrival of every chunk carrying text
     chunk_tokens: list[int] = field(default_factory=list)  # tokens in each such chunk
     output_text_len: int = 0  # characters received
+    output_text: str | None = field(default=None, repr=False)  # for the token cross-check; not in to_dict
     prompt_tokens: int | None = None  # server usage.prompt_tokens
     output_tokens: int | None = None  # server usage.completion_tokens (the count metrics use)
     client_output_tokens: int | None = None  # client tokenizer's count of the text: cross-check only
@@ -67,4 +68,6 @@ class RequestRecord:
         return gaps
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["output_text"]  # results files keep timings and counts, not every generated text
+        return out

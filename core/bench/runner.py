@@ -93,13 +93,23 @@ def run_sweep(
     return _sweep_in_process(config, loads, slos, progress, stop_on_slo, on_step)
 
 
-async def _run_steps(config, loads, slos, progress, stop_on_slo, on_step, make_target, requests, what):
+def count_output_tokens(records: list[RequestRecord], tokenizer) -> None:
+    """The client tokenizer's count of each output text, after the run (never on the timed
+    path): the cross-check of the server's usage that the summary reports when they differ."""
+    for record in records:
+        if record.output_text:
+            record.client_output_tokens = len(tokenizer.encode(record.output_text, add_special_tokens=False))
+
+
+async def _run_steps(config, loads, slos, progress, stop_on_slo, on_step, make_target, tokenizer, what):
     results: list[BenchResult] = []
     offset = 0
     for load in loads:
         step_config = replace(config, load=load)
         target = make_target(load, offset)
-        result = _finish(step_config, slos, await run_load(target, load, progress), what)
+        loaded = await run_load(target, load, progress)
+        count_output_tokens(loaded.records, tokenizer)
+        result = _finish(step_config, slos, loaded, what)
         results.append(result)
         if on_step is not None:
             on_step(result)
@@ -136,7 +146,7 @@ async def _sweep_http(config, loads, slos, progress, stop_on_slo, on_step) -> li
         what = {"kind": "http", "url": config.url, "endpoint": config.endpoint, "model": info.model}
         what["tokenizer"] = tokenizer_name
         return await _run_steps(
-            config, loads, slos, progress, stop_on_slo, on_step, make_target, requests, what
+            config, loads, slos, progress, stop_on_slo, on_step, make_target, tokenizer, what
         )
 
 
@@ -178,7 +188,7 @@ def _sweep_in_process(config, loads, slos, progress, stop_on_slo, on_step) -> li
     async def main() -> list[BenchResult]:
         async with target_impl.engine:
             return await _run_steps(
-                config, loads, slos, progress, stop_on_slo, on_step, make_target, requests, what
+                config, loads, slos, progress, stop_on_slo, on_step, make_target, tokenizer, what
             )
 
     results = asyncio.run(main())
