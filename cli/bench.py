@@ -102,6 +102,9 @@ def run(
         Path | None, typer.Option("--json", help="Write config, summary, environment and every request here.")
     ] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per request here.")] = None,
+    plot_path: Annotated[
+        Path | None, typer.Option("--plot", help="PNG: latency CDFs, or throughput/latency over a sweep.")
+    ] = None,
     dtype: DtypeOpt = "auto",
     config: ConfigOpt = None,
 ) -> None:
@@ -152,6 +155,10 @@ def run(
     if endpoint not in ("completions", "chat"):
         raise UsageError(f"--endpoint must be completions or chat, not '{endpoint}'")
     bench_config.parsed_slos()  # a malformed SLO is a usage error before anything starts
+    if plot_path:
+        from .bench_plot import _pyplot
+
+        _pyplot()  # a missing matplotlib fails now, not after the run
 
     loads = _sweep_loads(bench_config.load, sweep)
     with rich_progress() as progress:
@@ -167,6 +174,10 @@ def run(
         write_json(json.dumps(data, indent=2), json_path)
     if csv_path:
         write_csv(results, csv_path)
+    if plot_path:
+        from .bench_plot import plot_results
+
+        plot_results(results, plot_path, None if sweep is None else sweep.split("=")[0].strip())
     from .bench_report import print_summary, sweep_table
 
     extra = ("max",) if p99 else ()

@@ -40,8 +40,10 @@ def server():
 
 def test_in_process_default_model_writes_json_and_a_table(tmp_path):
     out = tmp_path / "run.json"
-    result = bench(*SHORT, "--json", str(out))
+    cdf = tmp_path / "cdf.png"
+    result = bench(*SHORT, "--json", str(out), "--plot", str(cdf))
     assert result.returncode == 0, result.stderr
+    assert cdf.read_bytes()[:4] == b"\x89PNG"
     assert "TTFT (ms)" in result.stdout and "output tok/s" in result.stdout
     data = json.loads(out.read_text())
     assert data["target"]["kind"] == "in-process" and data["summary"]["num_completed"] == 4
@@ -67,7 +69,8 @@ def test_in_process_sweep_writes_a_step_per_value_and_csv_rows(tmp_path):
         "--warmup",
         "0",
     ]
-    result = bench(*args, "--json", str(out), "--csv", str(csv_out))
+    plot = tmp_path / "sweep.png"
+    result = bench(*args, "--json", str(out), "--csv", str(csv_out), "--plot", str(plot))
     assert result.returncode == 0, result.stderr
     assert "sweep over concurrency" in result.stdout
     steps = json.loads(out.read_text())["steps"]
@@ -75,6 +78,7 @@ def test_in_process_sweep_writes_a_step_per_value_and_csv_rows(tmp_path):
     # Each step has prompts of its own: no prefix-cache hits carried over from the previous step.
     prompts = [[r["index"] for r in s["records"]] for s in steps]
     assert prompts == [[0, 1], [0, 1]]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     rows = csv_out.read_text().splitlines()
     assert rows[0].startswith("step,index") and len(rows) == 1 + 4
 
