@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmtool.core.bench.runner import environment
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -16,12 +18,7 @@ def machine_info() -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = environment()["cpu"]  # one reading of /proc/cpuinfo for bench/ and llmtool bench
     try:
         commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except (OSError, subprocess.CalledProcessError):

@@ -76,7 +76,8 @@ def test_latency_percentiles_match_the_truth(server, concurrency, num_requests, 
     load = LoadConfig(num_requests=num_requests, concurrency=concurrency, warmup=concurrency)
     # Up to 3 runs: one in which the server itself fell behind has no truth, and on a shared
     # 2-core VM a neighbour can stall one run; the client must be within bounds in some run.
-    failures = []
+    failures: list[str] = []
+    passed = False
     for _attempt in range(3):
         server.stats(reset=True)
         result = run(
@@ -90,11 +91,12 @@ def test_latency_percentiles_match_the_truth(server, concurrency, num_requests, 
         bad = {name: error for name, error in errors.items() if not np.all(np.abs(error) <= TOLERANCE_MS)}
         if not bad:
             print(f"server lateness: {lateness}")
-            return
+            passed = True
+            break
         failures.append(f"client off: {bad}")
-    if all(f.startswith("server late") for f in failures):  # the reference itself was off: nothing to judge
+    if not passed and all(f.startswith("server late") for f in failures):  # no reference to judge by
         pytest.skip(f"machine too busy: the test server's own chunks were late: {failures}")
-    pytest.fail(f"measured percentiles off by more than {TOLERANCE_MS} ms in every run: {failures}")
+    assert passed, f"measured percentiles off by more than {TOLERANCE_MS} ms in every run: {failures}"
 
 
 def _errors(records, concurrency, total, ttft_ms, itl_ms) -> dict[str, np.ndarray]:
@@ -447,18 +449,14 @@ def test_cancel_returns_what_finished():
 
 
 def test_ctrl_c_returns_partial_results():
-    # A shell's background job starts with SIGINT ignored, and asyncio.run then leaves it so.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _ctrl_c_returns_partial_results()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _ctrl_c_returns_partial_results():
     async def main():
         asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGINT)
         return await run_load(fake_target(lambda i: 0.03), LoadConfig(num_requests=100, rate=50.0))
 
-    result = asyncio.run(main())  # asyncio.run turns SIGINT into cancelling main()
+    # A shell's background job starts with SIGINT ignored, and asyncio.run then leaves it so.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = asyncio.run(main())  # asyncio.run turns SIGINT into cancelling main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.aborted and 3 <= len(result.records) < 100
