@@ -430,8 +430,10 @@ def test_open_loop_sends_on_schedule_however_slow_the_target():
     times = arrival_times(100.0, seed=3, num_requests=40)
     assert [r.scheduled for r in result.records] == times.tolist()  # the schedule, reproduced
     lags = [start - scheduled for _, scheduled, start in log]
-    # Slow early requests delayed no later arrival (a closed loop would have waited 0.5 s).
-    assert np.median(lags) < 0.001 and max(lags) < 0.02, lags
+    # Slow early requests delayed no later arrival: a closed loop would have held the 6th
+    # request 0.5 s. The bound on the worst lag leaves room for a busy CI machine's scheduler
+    # (one run saw 22 ms); the median shows the schedule is kept in the normal case.
+    assert np.median(lags) < 0.002 and max(lags) < 0.1, lags
 
 
 def test_cancel_returns_what_finished():
