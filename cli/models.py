@@ -98,6 +98,7 @@ def inspect(
         ("tied embeddings", "yes" if info.tie_word_embeddings else "no"),
         ("chat template", "yes" if info.has_chat_template else "no"),
         ("tensor types", types),
+        ("quantization", info.quantization or "none (weights as stored)"),
         ("file size", _size(info.file_bytes)),
         ("KV cache per token", kv),
         ("runtime dtype (auto)", info.runtime_dtype),

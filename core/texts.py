@@ -5,6 +5,7 @@ perplexity; never downloaded at run time.
 """
 
 import importlib.util
+import re
 from pathlib import Path
 
 from .errors import LlmtoolError
@@ -26,3 +27,10 @@ def play_text(name: str) -> str:
     if not matches:
         raise LlmtoolError(f"no play named '{name}': choose from {', '.join(list_plays())}")
     return matches[0].read_text(encoding="utf-8")
+
+
+def plain_text(markdown: str) -> str:
+    """A play's Markdown as plain text: emphasis, escapes, heading marks and hard-break spaces go."""
+    text = re.sub(r"[*_\\]", "", markdown)
+    text = re.sub(r"^#+ ", "", text, flags=re.MULTILINE)
+    return text.replace("  \n", "\n")

@@ -15,6 +15,7 @@ from .paged_attention import (
     write_kv,
     write_kv_ref,
 )
+from .quant_linear import QuantLinear, quant_linear_ref
 from .rotary import apply_rotary, apply_rotary_ref, apply_rotary_signed, signed_sin
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "apply_rotary_signed",
     "signed_sin",
     "PagedAttentionPlan",
+    "QuantLinear",
+    "quant_linear_ref",
     "plan_paged_attention",
     "apply_rotary",
     "apply_rotary_ref",

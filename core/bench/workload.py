@@ -10,14 +10,13 @@ chat templates are the clients' business.
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LlmtoolError, UsageError
-from ..texts import list_plays, play_text
+from ..texts import list_plays, plain_text, play_text
 
 log = logging.getLogger("llmtool.bench")
 
@@ -156,7 +155,7 @@ class _Corpus:
         plays, chunks, total = list(rng.permutation(list_plays())), [], 0
         while plays and total < need:
             batch, plays = plays[:4], plays[4:]  # a few at a time: encode_batch runs them in parallel
-            for ids in encoder.many([_clean(play_text(name)) for name in batch]):
+            for ids in encoder.many([plain_text(play_text(name)) for name in batch]):
                 chunks.append(ids)
                 total += len(ids)
         self.ids = np.concatenate([np.asarray(c, dtype=np.int64) for c in chunks])
@@ -210,13 +209,6 @@ class _Corpus:
         if spare is not None:
             return spare
         raise LlmtoolError(f"could not fit a natural-text prompt of {target} tokens to this tokenizer")
-
-
-def _clean(text: str) -> str:
-    # The plays are Markdown: drop emphasis, escapes, heading marks and hard-break spaces.
-    text = re.sub(r"[*_\\]", "", text)
-    text = re.sub(r"^#+ ", "", text, flags=re.MULTILINE)
-    return text.replace("  \n", "\n")
 
 
 # ---- datasets ----

@@ -54,10 +54,13 @@ def export_hf(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
-        shards = _write_weights(loaded, tmp, progress)
+        state = loaded.model.state_dict()
+        if loaded.spec.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # transformers re-ties it from the config
+        shards = write_safetensors(state, tmp, progress)
         config = hf_config_from_spec(loaded.spec) | {"torch_dtype": str(torch_dtype).removeprefix("torch.")}
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "generation_config.json").write_text(json.dumps(_generation_config(loaded), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config(loaded), indent=2) + "\n")
         tokenizer.save_pretrained(str(tmp))
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -80,10 +83,9 @@ def _source_dtype(source) -> torch.dtype:
     return torch.float32
 
 
-def _write_weights(loaded: LoadedModel, folder: Path, progress: ProgressFn) -> dict[str, list[str]]:
-    state = loaded.model.state_dict()
-    if loaded.spec.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # transformers re-ties it from the config
+def write_safetensors(state: dict[str, torch.Tensor], folder: Path, progress: ProgressFn = no_progress) -> dict[str, list[str]]:
+    """state -> model.safetensors (or numbered shards plus their index) in folder; returns
+    {file name: tensor names}."""
     names = sorted(state)
     groups: list[list[str]] = [[]]
     size = 0
@@ -111,7 +113,7 @@ def _write_weights(loaded: LoadedModel, folder: Path, progress: ProgressFn) -> d
     return shards
 
 
-def _generation_config(loaded: LoadedModel) -> dict:
+def generation_config(loaded: LoadedModel) -> dict:
     spec = loaded.spec
     eos = list(spec.eos_token_ids)
     config = {"bos_token_id": spec.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos}

@@ -45,6 +45,7 @@ class ModelInfo:
     kv_bytes_per_token: dict[str, int]  # by KV dtype
     tensor_types: dict[str, int]  # type -> number of tensors
     tensors: list[TensorInfo]
+    quantization: str | None = None  # "gptq 4-bit, group 64, sym" from quantization_config
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -52,10 +53,14 @@ class ModelInfo:
 
 def inspect_model(reference: str | ModelSource) -> ModelInfo:
     source = resolve_model(reference) if isinstance(reference, str) else reference
+    quantization, bits = None, 4
     if source.format is SourceFormat.GGUF:
         spec, tensors, chat, size = _inspect_gguf(source.path)
     else:
         spec, tensors, chat, size = _inspect_dir(source.path)
+        config = checkpoint.read_config(source.path)
+        quantization = _describe_quantization(config)
+        bits = int((config.get("quantization_config") or {}).get("bits", 4))
     runtime = resolve_dtype("auto")
     return ModelInfo(
         reference=source.reference,
@@ -64,7 +69,7 @@ def inspect_model(reference: str | ModelSource) -> ModelInfo:
         origin=source.origin,
         name=spec.name,
         architecture=spec.hf_architecture,
-        num_params=sum(math.prod(t.shape) for t in tensors if _is_weight(t.name)),
+        num_params=sum(_num_params(t, bits) for t in tensors if _is_weight(t.name)),
         num_layers=spec.num_layers,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -83,7 +88,35 @@ def inspect_model(reference: str | ModelSource) -> ModelInfo:
         },
         tensor_types=dict(Counter(t.type for t in tensors).most_common()),
         tensors=tensors,
+        quantization=quantization,
     )
+
+
+def _num_params(t: TensorInfo, bits: int) -> int:
+    """Weights a tensor stands for: packed int32 GPTQ/AWQ words hold several each; their
+    zeros, scales and g_idx are overhead, not parameters."""
+    name = t.name.rsplit(".", 1)[-1]
+    if name in ("qzeros", "scales", "g_idx"):
+        return 0
+    if name == "qweight":
+        return math.prod(t.shape) * (32 // bits)
+    return math.prod(t.shape)
+
+
+def _describe_quantization(config: dict) -> str | None:
+    q = config.get("quantization_config")
+    if not q:
+        return None
+    method = str(q.get("quant_method", "?"))
+    group = q.get("group_size", -1)
+    parts = [f"{method} {q.get('bits', '?')}-bit", "per channel" if group == -1 else f"group {group}"]
+    if "sym" in q:
+        parts.append("sym" if q["sym"] else "asym")
+    if "zero_point" in q:
+        parts.append("zero point" if q["zero_point"] else "sym")
+    if q.get("desc_act"):
+        parts.append("act-order")
+    return ", ".join(parts)
 
 
 def _is_weight(name: str) -> bool:

@@ -10,6 +10,7 @@ from torch import nn
 
 from ...kernels import apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
 from ...kernels.linear import PackedLinear
+from ...kernels.quant_linear import QuantLinear
 from .context import AttentionContext
 from .rope import RotaryTable
 from .spec import ModelSpec
@@ -25,6 +26,33 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+def fuse_linears(parts) -> nn.Module:
+    """Linears sharing an input as one (row-stacked) product: packed for oneDNN when they are
+    plain, one QuantLinear when all are quantized alike; a mix stays separate products."""
+    if all(isinstance(p, QuantLinear) for p in parts):
+        if len(parts) == 1:
+            return parts[0]
+        try:
+            return QuantLinear.concat(list(parts))
+        except ValueError:  # e.g. act-order parts with different g_idx: one product each
+            return _Stacked(parts)
+    if any(isinstance(p, QuantLinear) for p in parts):
+        return _Stacked(parts)
+    bias = torch.cat([p.bias for p in parts]) if parts[0].bias is not None else None
+    return PackedLinear(torch.cat([p.weight for p in parts]), bias)
+
+
+class _Stacked(nn.Module):
+    """Separate products concatenated (some parts quantized, some kept in full precision)."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.parts = nn.ModuleList(p if isinstance(p, QuantLinear) else PackedLinear(p.weight, p.bias) for p in parts)
+
+    def forward(self, x):
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int):
         super().__init__()
@@ -35,15 +63,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, spec.kv_size, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(h, spec.kv_size, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(spec.q_size, h, bias=spec.o_bias)
-        self.qkv_proj: PackedLinear | None = None  # set by prepare_for_inference
+        self.qkv_proj: nn.Module | None = None  # set by prepare_for_inference
         self.sizes = (spec.q_size, spec.kv_size, spec.kv_size)
 
     def fuse(self) -> None:
         """q, k and v as one product (one call, one packed weight); drops the three originals."""
-        parts = (self.q_proj, self.k_proj, self.v_proj)
-        bias = torch.cat([p.bias for p in parts]) if self.q_proj.bias is not None else None
-        self.qkv_proj = PackedLinear(torch.cat([p.weight for p in parts]), bias)
-        self.o_proj = PackedLinear(self.o_proj.weight, self.o_proj.bias)
+        self.qkv_proj = fuse_linears((self.q_proj, self.k_proj, self.v_proj))
+        self.o_proj = fuse_linears((self.o_proj,))
         del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, cos, sin, ctx: AttentionContext):
@@ -67,16 +93,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=spec.mlp_bias)
         self.up_proj = nn.Linear(h, i, bias=spec.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=spec.mlp_bias)
-        self.gate_up_proj: PackedLinear | None = None  # set by prepare_for_inference
+        self.gate_up_proj: nn.Module | None = None  # set by prepare_for_inference
         self.intermediate_size = i
 
     def fuse(self) -> None:
         """gate and up as one product; drops the two originals."""
-        bias = (
-            torch.cat([self.gate_proj.bias, self.up_proj.bias]) if self.gate_proj.bias is not None else None
-        )
-        self.gate_up_proj = PackedLinear(torch.cat([self.gate_proj.weight, self.up_proj.weight]), bias)
-        self.down_proj = PackedLinear(self.down_proj.weight, self.down_proj.bias)
+        self.gate_up_proj = fuse_linears((self.gate_proj, self.up_proj))
+        self.down_proj = fuse_linears((self.down_proj,))
         del self.gate_proj, self.up_proj
 
     def forward(self, x):

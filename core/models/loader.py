@@ -12,6 +12,7 @@ from ..runtime import configure_threads, default_device, resolve_dtype
 from . import checkpoint
 from .gguf_source import GGUFSource
 from .llama import LlamaForCausalLM
+from .quantized import QuantScheme, install
 from .resolve import ModelSource, SourceFormat, resolve_model
 from .spec import ModelSpec, spec_from_hf_config
 from .tokenizer import has_tokenizer, load_tokenizer_dir, load_tokenizer_gguf
@@ -65,15 +66,17 @@ def load_model(
         tokenizer_job = pool.submit(_load_tokenizer, source, fast_tokenizer)
         pool.shutdown(wait=False)
 
+    scheme = None
     if source.format is SourceFormat.GGUF:
         gguf = GGUFSource(source.path)
         spec, tensors, total = gguf.spec(), gguf.iter_tensors(), gguf.num_tensors()
     else:
-        spec = spec_from_hf_config(checkpoint.read_config(source.path))
+        config = checkpoint.read_config(source.path)
+        spec, scheme = spec_from_hf_config(config), QuantScheme.from_config(config)
         total = len(checkpoint.tensor_index(source.path))
         tensors = checkpoint.iter_tensors(source.path)
 
-    model = _build(spec, tensors, total, torch_dtype, device, progress)
+    model = _build(spec, tensors, total, torch_dtype, device, progress, scheme)
     tokenizer = tokenizer_job.result() if tokenizer_job is not None else None
     return LoadedModel(source, spec, model, tokenizer, torch_dtype, device, time.perf_counter() - start)
 
@@ -84,7 +87,9 @@ def _load_tokenizer(source: ModelSource, fast: bool):
     return load_tokenizer_dir(source.path, fast=fast) if has_tokenizer(source.path) else None
 
 
-def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: ProgressFn) -> LlamaForCausalLM:
+def _build(
+    spec: ModelSpec, tensors, total: int, dtype, device, progress: ProgressFn, scheme: QuantScheme | None = None
+) -> LlamaForCausalLM:
     # Build on the meta device (no memory), then adopt each checkpoint tensor as it streams in.
     with torch.device("meta"):
         model = LlamaForCausalLM(spec)
@@ -92,9 +97,14 @@ def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: Progre
     if spec.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
     state = {}
+    packed: dict[str, dict[str, torch.Tensor]] = {}  # quantized module -> its packed tensors
     progress("loading weights", 0, total)
     for i, (name, tensor) in enumerate(tensors, 1):
         progress("loading weights", i, total)
+        part = scheme.split(name) if scheme is not None else None
+        if part is not None:
+            packed.setdefault(part[0], {})[part[1]] = tensor
+            continue
         if name not in expected:
             continue  # e.g. a redundant lm_head.weight in a tied checkpoint, rotary buffers
         if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -102,6 +112,9 @@ def _build(spec: ModelSpec, tensors, total: int, dtype, device, progress: Progre
                 f"tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[name].shape)}"
             )
         state[name] = tensor.to(device=device, dtype=dtype)
+    if packed:
+        covered = install(model, scheme, packed, state, dtype, device)
+        expected = {k: v for k, v in expected.items() if k not in covered}
     missing = sorted(set(expected) - set(state))
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""

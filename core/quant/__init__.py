@@ -1,0 +1,1 @@
+"""Weight-only quantization: RTN / GPTQ / AWQ, checkpoint formats, calibration, perplexity."""
