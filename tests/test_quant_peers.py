@@ -1,11 +1,12 @@
 """Interop with GPTQModel (the maintained successor of AutoGPTQ): it loads the GPTQ checkpoint
 `llmtool quantize` writes, and its logits on held-out text match our engine's.
 
-Tolerance: both sides compute in bf16 with different kernels (GPTQModel's torch
-dequantize-then-matmul; our int4 kernel or dequantize path), so logits agree to bf16 noise,
-not bit for bit. Stated bounds, on 2 x 128 held-out Hamlet tokens: the log-probabilities of
-the actual next tokens differ by at most 0.05 nats on average, and the top token agrees at
->= 95% of positions."""
+Tolerance: GPTQModel computes quantized layers in bf16 only (it refuses fp32), so its
+logits carry bf16 rounding (logits near 15 round in steps of 0.06). The reference is our
+engine in fp32 on the same checkpoint (exact dequantization). Stated bounds, on 2 x 128
+held-out Hamlet tokens: GPTQModel's log-probabilities of the actual next tokens differ from
+that reference by at most 0.1 nats on average and by no more than 1.5x (+0.01) what our own
+bf16 run differs by; the top token agrees at >= 92% of positions (95.7% measured)."""
 
 import subprocess
 import sys
@@ -21,11 +22,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_model, pytest.mark.peer]
 LLMTOOL = Path(sys.executable).parent / "llmtool"
 
 
-def our_logits(path: Path, rows: list[list[int]]) -> torch.Tensor:
+def our_logits(path: Path, rows: list[list[int]], dtype: str) -> torch.Tensor:
     from llmtool.core.models.context import PrefillContext
     from llmtool.core.models.loader import load_model
 
-    model = load_model(str(path), with_tokenizer=False).model.prepare_for_inference()
+    model = load_model(str(path), dtype=dtype, with_tokenizer=False).model.prepare_for_inference()
     out = []
     with torch.inference_mode():
         for row in rows:
@@ -48,12 +49,15 @@ def test_gptqmodel_loads_our_checkpoint_and_agrees(tmp_path):
 
     rows = evaluation_windows(AutoTokenizer.from_pretrained(out), 4096, 128)[-2:]  # late in Hamlet
     theirs = gptqmodel_logits(out, rows)
-    ours = our_logits(out, rows)
-    assert theirs.shape == ours.shape == (2, 128, 49152)
-    targets = torch.tensor(rows)[:, 1:]
-    lp_theirs = theirs.log_softmax(-1)[:, :-1].gather(-1, targets[..., None])
-    lp_ours = ours.log_softmax(-1)[:, :-1].gather(-1, targets[..., None])
-    gap = (lp_theirs - lp_ours).abs().mean().item()
-    agree = (theirs.argmax(-1) == ours.argmax(-1)).float().mean().item()
-    print(f"mean |logprob gap| {gap:.4f} nats, top-1 agreement {agree:.3f}")
-    assert gap < 0.05 and agree >= 0.95, (gap, agree)
+    exact, ours_bf16 = our_logits(out, rows, "fp32"), our_logits(out, rows, "bf16")
+    assert theirs.shape == exact.shape == (2, 128, 49152)
+    targets = torch.tensor(rows)[:, 1:, None]
+
+    def gap(logits):  # mean |log p(next token)| difference from the exact reference, nats
+        lp = logits.log_softmax(-1)[:, :-1].gather(-1, targets)
+        return (lp - exact.log_softmax(-1)[:, :-1].gather(-1, targets)).abs().mean().item()
+
+    agree = (theirs.argmax(-1) == exact.argmax(-1)).float().mean().item()
+    print(f"gap to fp32: gptqmodel {gap(theirs):.4f} nats, ours bf16 {gap(ours_bf16):.4f}; top-1 agreement {agree:.3f}")
+    assert gap(theirs) < 0.1 and gap(theirs) <= 1.5 * gap(ours_bf16) + 0.01, (gap(theirs), gap(ours_bf16))
+    assert agree >= 0.92  # 95.7% measured; near-ties flip under bf16 rounding

@@ -86,6 +86,15 @@ def test_checkpoint_loads_and_serves_the_model_the_report_scored(tmp_path, metho
     info = json.loads(inspect.stdout)
     assert info["quantization"].startswith(f"{method.replace('rtn', 'gptq')} 4-bit, group 64")
     assert 130e6 < info["num_params"] < 140e6
+    if method == "rtn":  # the serving engine runs it: batched requests through the int4 kernels
+        bench = subprocess.run(
+            [str(LLMTOOL), "bench", "--model", str(out), "-c", "2", "-n", "4", "--warmup", "0",
+             "--input-len", "32", "--output-len", "8", "--json", str(tmp_path / "bench.json")],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        summary = json.loads((tmp_path / "bench.json").read_text())["summary"]
+        assert summary["num_completed"] == 4 and summary["num_output_tokens"] == 32
 
 
 def test_eight_bit_rtn_is_within_one_percent(tmp_path):
