@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from . import bench, generate, models, quantize, serve
+from . import bench, convert_gguf, generate, models, quantize, serve
 
 app = typer.Typer(
     name="llmtool",
@@ -19,6 +19,7 @@ app.add_typer(bench.app, name="bench")
 app.command("generate")(generate.generate)
 app.command("serve")(serve.serve)
 app.command("quantize")(quantize.quantize)
+app.command("convert-gguf")(convert_gguf.convert_gguf)
 
 
 def _version(value: bool) -> None:
