@@ -194,7 +194,20 @@ def test_ctrl_c_writes_the_partial_results_and_exits_1(server, tmp_path):
         # terminal does not, which is what this test plays.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    time.sleep(8)  # a few requests finish (about 2 s each here), most are still to come
+    # Interrupt once a couple of requests have finished (about 2 s each on a quiet machine; the
+    # server's own count says when, however slow a busy machine makes the client's start).
+    import httpx
+
+    from tests.server_process import metric
+
+    def done() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        return metric(text, "llmtool:e2e_request_latency_seconds_count", model_name="smollm2-135m")
+
+    start = done()
+    deadline = time.monotonic() + 120
+    while done() - start < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
