@@ -63,7 +63,9 @@ def test_both_cpu_paths_match_reference(monkeypatch, bits, max_gemm_rows):
         layer = QuantLinear(q, zeros, scales, g_idx, bits, bias, dtype)
         for rows in (1, 40):
             x = torch.randn(2, rows, 1536).to(dtype)  # any leading dims
-            _check(layer(x), quant_linear_ref(x, q, zeros, scales, g_idx, bias), dtype)
+            out = layer(x)
+            assert out.shape == (2, rows, 576) and out.dtype == dtype
+            _check(out, quant_linear_ref(x, q, zeros, scales, g_idx, bias), dtype)
 
 
 def test_reference_is_dequantize_then_f_linear():
