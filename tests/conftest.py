@@ -1,7 +1,32 @@
 """Shared fixtures: tiny random HF models saved to disk, and the default model."""
 
+import os
+import platform
+
 import pytest
 import torch
+
+
+def _machine_line() -> str:
+    """CPU, cores, load and the measured slowdown: read with the timings of a CI log."""
+    from tests.machine import slowdown
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    flags = open("/proc/cpuinfo").read()
+    features = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {f}" in flags]
+    return (
+        f"machine: {cpu} ({platform.machine()}, {' '.join(features)}), {os.cpu_count()} cores, "
+        f"load {' '.join(open('/proc/loadavg').read().split()[:3])}, torch threads {torch.get_num_threads()}, "
+        f"slowdown vs the reference machine {slowdown():.2f}x"
+    )
+
+
+def pytest_report_header(config):
+    return _machine_line()
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(_machine_line())
 
 # A one-layer Llama config.json: resolves as a model directory without writing any weights.
 TINY_LLAMA = {
@@ -106,3 +131,20 @@ def hf_greedy(model, ids: list[int], new_tokens: int) -> list[int]:
     finally:
         config.eos_token_id = saved
     return out[0, len(ids) :].tolist()
+
+
+@pytest.fixture(scope="session")
+def quantized(tmp_path_factory):
+    """method -> (checkpoint dir, report dict): `llmtool quantize` of the default model, 4-bit,
+    group 64, run once per method in the session (lazily) and shared by the checkpoint, quality
+    and GPTQModel tests: each quantization costs a minute or more on two cores."""
+    from tests.quantized import quantize_cli
+
+    folder, cache = tmp_path_factory.mktemp("quantized"), {}
+
+    def get(method: str):
+        if method not in cache:
+            cache[method] = quantize_cli(folder, method, "--method", method)
+        return cache[method]
+
+    return get

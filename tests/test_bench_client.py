@@ -74,8 +74,10 @@ def test_latency_percentiles_match_the_truth(server, concurrency, num_requests, 
     ttft_ms = np.round(rng.uniform(20, 60, total), 2)
     itl_ms = np.round(rng.uniform(5, 10 if concurrency == 1 else 15, total), 2)
     load = LoadConfig(num_requests=num_requests, concurrency=concurrency, warmup=concurrency)
-    # Up to 3 runs: one in which the server itself fell behind has no truth, and on a shared
-    # 2-core VM a neighbour can stall one run; the client must be within bounds in some run.
+    # Up to 3 runs; the client must be within bounds in one. The bar is TOLERANCE_MS. When the
+    # server itself fell behind (its chunks left late: a busy shared machine, as CI's often is),
+    # the truth is off by up to its worst lateness and the client, on the same cores, suffers
+    # the same scheduling noise: the bar widens by that measured lateness, never more.
     failures: list[str] = []
     passed = False
     for _attempt in range(3):
@@ -84,19 +86,16 @@ def test_latency_percentiles_match_the_truth(server, concurrency, num_requests, 
             server.url, lambda i: f"ttft_ms={ttft_ms[i]} itl_ms={itl_ms[i]}", load, endpoint=endpoint
         )
         lateness = server.stats()
-        if lateness["p99_ms"] >= 1.0:
-            failures.append(f"server late: {lateness}")
-            continue
+        noise_ms = lateness["p100_ms"] if lateness["p99_ms"] >= 1.0 else 0.0
+        bar = TOLERANCE_MS + noise_ms
         errors = _errors(result.records, concurrency, total, ttft_ms, itl_ms)
-        bad = {name: error for name, error in errors.items() if not np.all(np.abs(error) <= TOLERANCE_MS)}
+        bad = {name: error for name, error in errors.items() if not np.all(np.abs(error) <= bar)}
+        print(f"server lateness: {lateness}; bar {bar:.1f} ms")
         if not bad:
-            print(f"server lateness: {lateness}")
             passed = True
             break
-        failures.append(f"client off: {bad}")
-    if not passed and all(f.startswith("server late") for f in failures):  # no reference to judge by
-        pytest.skip(f"machine too busy: the test server's own chunks were late: {failures}")
-    assert passed, f"measured percentiles off by more than {TOLERANCE_MS} ms in every run: {failures}"
+        failures.append(f"client off by more than {bar:.1f} ms: {bad} (server lateness {lateness})")
+    assert passed, f"measured percentiles off in every run: {failures}"
 
 
 def _errors(records, concurrency, total, ttft_ms, itl_ms) -> dict[str, np.ndarray]:
@@ -122,10 +121,14 @@ def _errors(records, concurrency, total, ttft_ms, itl_ms) -> dict[str, np.ndarra
 
 def test_role_only_chat_chunk_is_not_the_first_token(server):
     # The server sends the role chunk at once and the first text 50 ms later.
+    server.stats(reset=True)
     result = run(
         server.url, lambda i: "ttft_ms=50", LoadConfig(num_requests=2, concurrency=1), endpoint="chat"
     )
-    assert all(abs(r.ttft - 0.050) < 0.002 for r in result.records)
+    # Taking the role chunk for the first token would measure ~0 ms. Late chunks on a busy
+    # machine can only make the measurement later, by at most the server's worst lateness.
+    late_s = 1e-3 * server.stats()["p100_ms"]
+    assert all(0.048 <= r.ttft < 0.052 + late_s for r in result.records), (result.records, late_s)
 
 
 # ---- multi-token chunks ---------------------------------------------------------------------------
@@ -213,7 +216,10 @@ def test_a_stall_shows_in_ttft_under_a_rate_and_hides_in_a_closed_loop(server):
     for r in during:  # scheduled in the stall: the first token waits at least for its end
         assert r.ttft >= end - r.scheduled - 1e-4, (r.scheduled, r.ttft, end)
     lags = [r.sent - r.scheduled for r in opened.records]  # sent on time, stall or not
-    assert np.median(lags) < 0.001 and max(lags) < 0.02, lags
+    # A closed loop would hold arrivals for the 0.5 s stall; an open loop sends on schedule. The
+    # bounds are two orders below that yet leave room for a busy CI machine's scheduler (a CI run
+    # measured a 1.8 ms median there; quiet, it is under 0.3 ms).
+    assert np.median(lags) < 0.005 and max(lags) < 0.1, lags
 
     closed, start, end = stalled_run(LoadConfig(duration=1.4, concurrency=2))
     slow = [r for r in closed.records if r.ttft > 0.1]

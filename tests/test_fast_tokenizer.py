@@ -27,6 +27,7 @@ from llmtool.core.engine.detokenizer import Detokenizer
 from llmtool.core.engine.sampling_params import SamplingParams
 from llmtool.core.models.fast_tokenizer import FastTokenizer
 from llmtool.core.models.tokenizer import load_tokenizer_dir
+from tests.machine import slowdown
 
 # FastTokenizer mirrors transformers 5 (4.x differs: add_bos_token honoured, BPE cleanup, chat kwargs).
 pytestmark = pytest.mark.skipif(
@@ -463,6 +464,8 @@ def test_default_model_tokenizer_loads_in_under_half_a_second(smol_dir):
         "FastTokenizer.from_dir(sys.argv[1]).encode('Hello, world!')\n"
         "print(time.perf_counter() - start)\n"
     )
-    # Best of three fresh processes: a busy machine must not fail the test.
+    # Best of three fresh processes, against 0.5 s scaled by how much slower this machine runs
+    # now than a quiet one (CI's busy machine measured 0.50 s).
     seconds = min(float(run_python(code, str(smol_dir))) for _ in range(3))
-    assert seconds < 0.5, seconds
+    factor = slowdown()
+    assert seconds < 0.5 * factor, f"{seconds:.3f} s; bound 0.5 s x slowdown {factor:.2f}"

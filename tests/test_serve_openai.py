@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from tests.machine import slowdown
 from tests.server_process import ServerProcess, metric
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
@@ -40,14 +41,18 @@ def _metrics(server) -> str:
 
 
 def test_health_within_five_seconds_of_process_start(server):
+    # 5 s on a quiet machine (measured 2.7-3.8 s), scaled by how much slower this one runs now.
+    factor = slowdown()
     starts = [server.ready_after]
-    if starts[0] > 5.0:
-        # One more start: a neighbour on a shared 2-core machine can stall one (a CI run with
-        # other jobs beside it measured 6.2 s; quiet, it is 2.7-3.8 s). Both slow is a failure.
+    if starts[0] > 5.0 * factor:
+        # One more start: a neighbour can stall one start for a moment. Both slow is a failure.
         extra = ServerProcess().wait_ready()
         starts.append(extra.ready_after)
+        factor = max(factor, slowdown())
         assert extra.stop() == 0
-    assert min(starts) <= 5.0, f"ready after {', '.join(f'{s:.1f}' for s in starts)} s"
+    assert min(starts) <= 5.0 * factor, (
+        f"ready after {', '.join(f'{s:.1f}' for s in starts)} s; bound 5 s x slowdown {factor:.2f}"
+    )
 
 
 def test_models_and_version(client, server):
