@@ -8,8 +8,6 @@ held-out Hamlet tokens: GPTQModel's log-probabilities of the actual next tokens 
 that reference by at most 0.1 nats on average and by no more than 1.5x (+0.01) what our own
 bf16 run differs by; the top token agrees at >= 92% of positions (95.7% measured)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,6 @@ import torch
 from tests.gptqmodel_peer import gptqmodel_logits
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model, pytest.mark.peer]
-
-LLMTOOL = Path(sys.executable).parent / "llmtool"
 
 
 def our_logits(path: Path, rows: list[list[int]], dtype: str) -> torch.Tensor:
@@ -36,14 +32,10 @@ def our_logits(path: Path, rows: list[list[int]], dtype: str) -> torch.Tensor:
     return torch.stack(out)
 
 
-def test_gptqmodel_loads_our_checkpoint_and_agrees(tmp_path):
+def test_gptqmodel_loads_our_checkpoint_and_agrees(quantized):
     from llmtool.core.quant.calibration import evaluation_windows
 
-    out = tmp_path / "gptq"
-    command = [str(LLMTOOL), "quantize", "smollm2-135m", "-o", str(out), "--method", "gptq", "--group-size", "64"]
-    command += ["--samples", "16", "--seq-len", "256", "--eval-tokens", "0"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout + run.stderr
+    out, _ = quantized("gptq")  # `llmtool quantize --method gptq --group-size 64`, 16 x 256 calibration
 
     from transformers import AutoTokenizer
 

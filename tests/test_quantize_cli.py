@@ -5,30 +5,17 @@ transformers reads the config, and the clear errors of bad input."""
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
+from tests.quantized import LLMTOOL, SEQ_LEN, quantize_cli
+
 from .test_cli_errors import error_line, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
-
-LLMTOOL = Path(sys.executable).parent / "llmtool"
-SMALL = ["--samples", "8", "--seq-len", "128", "--eval-tokens", "2048", "--group-size", "64"]
-
-
-def quantize(tmp_path: Path, name: str, *args: str) -> tuple[Path, dict]:
-    out, report = tmp_path / name, tmp_path / f"{name}.json"
-    run = subprocess.run(
-        [str(LLMTOOL), "quantize", "smollm2-135m", "-o", str(out), *args, "--json", str(report)],
-        capture_output=True, text=True, timeout=900, env={"COLUMNS": "200", **__import__("os").environ},
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "perplexity" in run.stdout and "Traceback" not in run.stderr
-    return out, json.loads(report.read_text())
 
 
 def served_perplexity(path: Path, tokens: int, seq_len: int) -> float:
@@ -48,11 +35,11 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
-def test_checkpoint_loads_and_serves_the_model_the_report_scored(tmp_path, method):
-    out, report = quantize(tmp_path, method, "--method", method, *SMALL)
+def test_checkpoint_loads_and_serves_the_model_the_report_scored(tmp_path, method, quantized):
+    out, report = quantized(method)
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "quant_report.json"} <= files
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{method}.tmp")]  # temp dir renamed away
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{method}.tmp")]  # temp dir renamed away
     config = json.loads((out / "config.json").read_text())
     q = config["quantization_config"]
     t = tensors(out)
@@ -74,7 +61,7 @@ def test_checkpoint_loads_and_serves_the_model_the_report_scored(tmp_path, metho
     assert report["size_bytes"] < 0.45 * report["size_fp16_bytes"]
     assert json.loads((out / "quant_report.json").read_text()) == report
     # What our engine loads is the model the report scored (fp16 storage and kernels aside).
-    served = served_perplexity(out, report["evaluation_tokens"], 128)
+    served = served_perplexity(out, report["evaluation_tokens"], SEQ_LEN)
     assert math.isclose(served, report["ppl_after"], rel_tol=0.01), (served, report["ppl_after"])
 
     # transformers reads the config and its quantization_config.
@@ -98,7 +85,8 @@ def test_checkpoint_loads_and_serves_the_model_the_report_scored(tmp_path, metho
 
 
 def test_eight_bit_rtn_is_within_one_percent(tmp_path):
-    _, report = quantize(tmp_path, "rtn8", "--method", "rtn", "--bits", "8", "--group-size", "64", "--eval-tokens", "8192")
+    args = ["--method", "rtn", "--bits", "8", "--group-size", "64", "--eval-tokens", "8192"]
+    _, report = quantize_cli(tmp_path, "rtn8", *args, shared=False)
     assert report["ppl_after"] / report["ppl_before"] - 1 < 0.01, report
 
 
