@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import gguf
 
 from ..errors import ModelError, UsageError
-from ..models.gguf_source import _GLOBAL_NAMES, _LAYER_NAMES
+from ..models.gguf_source import GLOBAL_NAMES, LAYER_NAMES
 from ..models.spec import ModelSpec
 
 Q = gguf.GGMLQuantizationType
@@ -62,8 +62,8 @@ OUT_TYPES = {
 _UNQUANTIZED = (Q.F32, Q.F16, Q.BF16)
 # llama.cpp's tensor_type_fallback: the 32-wide type to use when 256 does not divide a row
 _FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
-_HF_LAYER = {hf: gg for gg, hf in _LAYER_NAMES.items()}  # the reader's table, inverted: no drift
-_HF_GLOBAL = {hf: gg for gg, hf in _GLOBAL_NAMES.items()}
+_HF_LAYER = {hf: gg for gg, hf in LAYER_NAMES.items()}  # the reader's table, inverted: no drift
+_HF_GLOBAL = {hf: gg for gg, hf in GLOBAL_NAMES.items()}
 
 
 @dataclass(frozen=True)
