@@ -14,7 +14,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_PEERS := $(VENV)/.stamp-peers
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant
+.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant bench-gguf
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -61,7 +61,7 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool bench
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
-bench: bench-engine bench-serve bench-client bench-quant
+bench: bench-engine bench-serve bench-client bench-quant bench-gguf
 
 bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
@@ -77,6 +77,10 @@ bench-quant: $(STAMP_PEERS)
 # Load-generator accuracy vs GuideLLM against a server with known latencies (a few minutes).
 bench-client: $(STAMP_PEERS)
 	$(PY) -m bench.client_bench
+
+# GGUF conversion vs llama-quantize: time, size and llama-perplexity per type (about 15 min).
+bench-gguf: $(STAMP_PEERS)
+	$(PY) -m bench.gguf_bench
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check cli core kernels tests bench
