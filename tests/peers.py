@@ -62,5 +62,9 @@ class LlamaServer:
         os.unlink(self.log.name)
 
     def output(self) -> str:
+        return self.full_output()[-3000:]
+
+    def full_output(self) -> str:
+        """Everything the server logged so far (load included): for checks on its warnings."""
         self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")[-3000:]
+        return Path(self.log.name).read_text(errors="replace")

