@@ -155,7 +155,7 @@ def test_multi_token_chunks(server, prompt, logprobs, expected):
         assert len(gaps) == NUM_TOKENS - expected[0]
         runs = np.split(gaps, np.cumsum(expected[1:])[:-1])  # chunk j's gaps: j equal ones
         assert [len(g) for g in runs] == expected[1:] and all(np.ptp(g) < 1e-9 for g in runs)
-        assert abs(np.median(gaps) - 0.010) < 0.001, gaps
+        assert abs(np.median(gaps) - 0.010) < 0.002, gaps  # the 2 ms bar; a late chunk shifts one gap
         assert abs(r.tpot - 0.010 * (NUM_TOKENS - expected[0]) / (NUM_TOKENS - 1)) < 0.002  # the 2 ms bar
 
 
@@ -229,14 +229,16 @@ def test_a_stall_shows_in_ttft_under_a_rate_and_hides_in_a_closed_loop(server):
     print(
         f"TTFT p90 under the stall: open loop {1e3 * open_p90:.0f} ms, closed loop {1e3 * closed_p90:.0f} ms"
     )
-    assert open_p90 > 0.2 > 0.04 > closed_p90
+    assert open_p90 > 0.2 > 0.1 > closed_p90  # the stall is 0.5 s; an unstalled TTFT is 20 ms
 
 
 def test_max_concurrency_queues_but_times_from_the_schedule(server):
     load = LoadConfig(num_requests=4, rate=math.inf, max_concurrency=2)
     result = run(server.url, lambda i: "ttft_ms=50 itl_ms=1", load, output_len=1)
     waited = sorted(r.sent - r.scheduled for r in result.records)
-    assert waited[1] < 0.005 and waited[2] > 0.045  # two went at once, two waited for a slot
+    # Two went at once, two waited for a slot (50 ms). Bounds either side of half that wait, so a
+    # busy machine's few ms of scheduling delay (8 ms seen) cannot blur them.
+    assert waited[1] < 0.025 and waited[2] > 0.045
     assert sorted(r.ttft > 0.095 for r in result.records) == [False, False, True, True]
 
 
@@ -426,7 +428,8 @@ def test_closed_loop_keeps_exactly_n_in_flight_and_drops_the_warmup():
 def test_duration_stops_new_requests():
     load = LoadConfig(duration=0.3, concurrency=2)
     result = asyncio.run(run_load(fake_target(lambda i: 0.05), load))
-    assert 10 <= len(result.records) <= 14 and max(r.scheduled for r in result.records) < 0.3
+    # 12 at 2 x 0.05 s in 0.3 s; fewer when a busy machine is late, never one scheduled after 0.3 s.
+    assert 6 <= len(result.records) <= 14 and max(r.scheduled for r in result.records) < 0.3
 
 
 def test_open_loop_sends_on_schedule_however_slow_the_target():
@@ -438,8 +441,8 @@ def test_open_loop_sends_on_schedule_however_slow_the_target():
     lags = [start - scheduled for _, scheduled, start in log]
     # Slow early requests delayed no later arrival: a closed loop would have held the 6th
     # request 0.5 s. The bound on the worst lag leaves room for a busy CI machine's scheduler
-    # (one run saw 22 ms); the median shows the schedule is kept in the normal case.
-    assert np.median(lags) < 0.002 and max(lags) < 0.1, lags
+    # (one run saw 22 ms); the median (0.3 ms quiet, 1.8 ms on busy CI) shows the schedule is kept.
+    assert np.median(lags) < 0.005 and max(lags) < 0.1, lags
 
 
 def test_cancel_returns_what_finished():
