@@ -136,14 +136,7 @@ def spec_from_config(config: dict, name: str = "", source: str = "") -> ModelSha
     core = spec_from_hf_config(config)
     spec = ModelShape(
         name=name or core.name or "model",
-        num_layers=core.num_layers,
-        hidden_size=core.hidden_size,
-        intermediate_size=core.intermediate_size,
-        num_heads=core.num_heads,
-        num_kv_heads=core.num_kv_heads,
-        head_dim=core.head_dim,
-        vocab_size=core.vocab_size,
-        tie_word_embeddings=core.tie_word_embeddings,
+        **core.dims(),
         params=0,
         max_context=core.max_position_embeddings,
         num_experts=int(config.get("num_local_experts", 1)) if is_mixtral else 1,

@@ -63,6 +63,13 @@ class ModelSpec:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    def dims(self) -> dict[str, int | bool]:
+        """The transformer's shape, by field name: what summaries of a model (inspect's,
+        capacity planning's) copy from the spec."""
+        names = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
+                 "vocab_size", "tie_word_embeddings")  # fmt: skip
+        return {n: getattr(self, n) for n in names}
+
     def kv_bytes_per_token(self, bytes_per_element: int) -> int:
         """K and V for every layer: 2 x layers x kv_heads x head_dim x bytes (GQA-aware)."""
         return 2 * self.num_layers * self.kv_size * bytes_per_element
