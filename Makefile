@@ -14,7 +14,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_PEERS := $(VENV)/.stamp-peers
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant bench-gguf
+.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant bench-gguf bench-plan
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -61,7 +61,7 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool bench
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
-bench: bench-engine bench-serve bench-client bench-quant bench-gguf
+bench: bench-engine bench-serve bench-client bench-quant bench-gguf bench-plan
 
 bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
@@ -87,3 +87,7 @@ lint: $(STAMP_DEV)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# plan-capacity closing the loop: calibrate cpu-local at one rate, predict two others (a few minutes).
+bench-plan: $(STAMP_DEV)
+	$(PY) -m bench.plan_bench

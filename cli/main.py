@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from . import bench, convert_gguf, generate, models, quantize, serve
+from . import bench, convert_gguf, generate, models, plan_capacity, quantize, serve
 
 app = typer.Typer(
     name="llmtool",
@@ -20,6 +20,7 @@ app.command("generate")(generate.generate)
 app.command("serve")(serve.serve)
 app.command("quantize")(quantize.quantize)
 app.command("convert-gguf")(convert_gguf.convert_gguf)
+app.command("plan-capacity")(plan_capacity.plan_capacity)
 
 
 def _version(value: bool) -> None:

@@ -1,6 +1,6 @@
-"""Capacity planning: hardware and model catalogs, the memory arithmetic a plan starts from,
-and the per-step time model (roofline with efficiency factors, TP all-reduce, MoE traffic).
+"""Capacity planning: hardware and model catalogs, memory arithmetic, a roofline step-time
+model, a discrete-event simulator that drives the engine's own Scheduler and BlockManager,
+the search for the fewest GPUs under SLOs, and calibration of hardware profiles.
 
-Pure Python (no torch): plans run in seconds on any machine. The simulator and the search
-build on `catalog`, `memory` and `step_time`; they are not here yet.
+Pure Python (no torch) except `probe`, which measures a CPU for a calibrated profile.
 """

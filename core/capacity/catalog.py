@@ -72,11 +72,15 @@ class ModelShape:
 
 
 def load_gpus(extra: str | Path | None = None) -> dict[str, GPUSpec]:
-    """The GPU catalog; entries in `extra` (a --gpu-spec TOML file) add to it or replace
-    the built-in entry of the same name."""
+    """The GPU catalog plus calibrated profiles; entries in `extra` (a --gpu-spec TOML file)
+    add to it or replace the entry of the same name."""
     gpus = {
         name: _gpu(name, entry, "gpus.toml") for name, entry in _read_toml(CATALOG_DIR / "gpus.toml").items()
     }
+    from .profiles import load_profiles, profiles_path  # profiles build on this module
+
+    for name, entry in load_profiles().items():  # calibrated hardware (--calibrate)
+        gpus[name] = _gpu(name, entry, str(profiles_path()))
     if extra is not None:
         for name, entry in _read_toml(Path(extra)).items():
             old = next((k for k in gpus if k.lower() == name.lower()), None)

@@ -52,6 +52,9 @@ class Efficiency:
     memory: float = 0.8  # of HBM bandwidth: large GEMV kernels reach 80-90%
     compute: float = 0.6  # of dense tensor-core peak: large GEMMs reach 60-75%
     step_overhead_s: float = 1e-3  # scheduling, sampling, launches: vLLM's ~0.5-2 ms per step
+    # Host work per sequence in the step (sampling, detokenizing, streaming). GPU engines hide
+    # it behind the GPU (0); a CPU engine pays it on the same cores, so calibration fits it.
+    per_seq_overhead_s: float = 0.0
     allreduce_latency_s: float = 10e-6  # one small NCCL / custom all-reduce on NVLink
     link: float = 0.7  # of link bandwidth: NCCL bus bandwidth is 70-80% of peak
 
@@ -59,8 +62,8 @@ class Efficiency:
         shares = (self.memory, self.compute, self.link)
         if not all(0 < s <= 1 for s in shares):
             raise UsageError(f"efficiencies must be in (0, 1], got {shares}")
-        if self.step_overhead_s < 0 or self.allreduce_latency_s < 0:
-            raise UsageError("step overhead and all-reduce latency must not be negative")
+        if min(self.step_overhead_s, self.per_seq_overhead_s, self.allreduce_latency_s) < 0:
+            raise UsageError("step overheads and all-reduce latency must not be negative")
 
 
 # Pure roofline: datasheet peaks, no fixed costs. A lower bound on any real step.
@@ -106,7 +109,7 @@ class StepTime:
     memory_s: float  # bytes / (bandwidth x eff)
     compute_s: float  # flops / (peak x eff), summed over the two precisions
     allreduce_s: float  # TP all-reduces; 0 at tp=1
-    overhead_s: float  # fixed per step
+    overhead_s: float  # fixed per step, plus the per-sequence host work
 
     @property
     def bytes(self) -> float:
@@ -178,7 +181,7 @@ def step_time(
         memory_s=memory_s,
         compute_s=compute_s,
         allreduce_s=allreduce_time(model, gpu, tp, tokens, eff),
-        overhead_s=eff.step_overhead_s,
+        overhead_s=eff.step_overhead_s + eff.per_seq_overhead_s * batch.num_seqs,
     )
 
 

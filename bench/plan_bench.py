@@ -1,0 +1,160 @@
+"""Closing the loop for plan-capacity on this machine (`make bench-plan`).
+
+1. Start `llmtool serve` on the default model and measure it with `llmtool bench` at three
+   Poisson rates (one server, runs back to back).
+2. Calibrate a `cpu-local` profile from the middle rate's bench JSON only
+   (`llmtool plan-capacity --calibrate`).
+3. Predict the other two rates with `llmtool plan-capacity --predict --gpu cpu-local` and
+   compare with what the bench measured: output throughput and TTFT/TPOT p95.
+
+Writes bench/results/plan.{json,md}. The marked test tests/test_capacity_loop.py runs the
+same procedure with fewer requests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import machine_info, write_results
+from tests.server_process import ServerProcess
+
+WORKLOAD = ("--input-len", "128", "--output-len", "32")
+METRICS = (
+    ("output_throughput", "output throughput (tok/s)"),
+    ("ttft_p95_ms", "TTFT p95 (ms)"),
+    ("tpot_p95_ms", "TPOT p95 (ms)"),
+)
+
+
+def _llmtool(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("llmtool")
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
+    )
+
+
+def _run(*args: str, env: dict | None = None) -> str:
+    done = _llmtool(*args, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"llmtool {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        )
+    return done.stdout
+
+
+def measured(bench_json: Path) -> dict:
+    data = json.loads(bench_json.read_text())
+    s = data["summary"]
+    return {
+        "output_throughput": s["output_throughput"],
+        "ttft_p95_ms": s["ttft_ms"]["percentiles"]["p95"],
+        "tpot_p95_ms": s["tpot_ms"]["percentiles"]["p95"],
+    }
+
+
+def predicted(pred_json: Path) -> dict:
+    p = json.loads(pred_json.read_text())["prediction"]
+    return {
+        "output_throughput": p["replica_output_tok_s"] * p["replicas"],
+        "ttft_p95_ms": p["latency"]["ttft_ms"]["p95"],
+        "tpot_p95_ms": p["latency"]["tpot_ms"]["p95"],
+    }
+
+
+def closing_loop(rates: tuple[float, float, float], num_requests: int, workdir: Path) -> dict:
+    """rates = (low, calibration, high). Returns measured, predicted and ratios per rate."""
+    env = {"LLMTOOL_CONFIG_DIR": str(workdir / "config")}
+    benches = {}
+    server = ServerProcess().wait_ready()
+    try:
+        for rate in rates:
+            out = workdir / f"bench-{rate:g}.json"
+            _run(
+                "bench", "--url", server.url, "--tokenizer", "smollm2-135m", *WORKLOAD,
+                "--rate", f"{rate:g}", "-n", str(num_requests), "--warmup", "4", "--seed", "1", "--json", str(out),
+            )  # fmt: skip
+            benches[rate] = out
+    finally:
+        server.stop()
+    low, calib_rate, high = rates
+    t = time.perf_counter()
+    cal_json = workdir / "calibration.json"
+    _run(
+        "plan-capacity",
+        "--calibrate",
+        str(benches[calib_rate]),
+        "--profile",
+        "cpu-local",
+        "--json",
+        str(cal_json),
+        env=env,
+    )
+    calibrate_s = time.perf_counter() - t
+    rows = {}
+    for rate in (low, high):
+        pred_json = workdir / f"predict-{rate:g}.json"
+        _run(
+            "plan-capacity", "--predict", "--gpu", "cpu-local", "--model", "smollm2-135m", "--rps", f"{rate:g}",
+            *WORKLOAD, "--tp", "1", "--quant", "bf16", "--max-batch", "64", "--num-requests", "600",
+            "--json", str(pred_json), env=env,
+        )  # fmt: skip
+        m, p = measured(benches[rate]), predicted(pred_json)
+        rows[rate] = {"measured": m, "predicted": p, "ratio": {k: p[k] / m[k] for k in m}}
+    calibration = json.loads(cal_json.read_text())
+    return {
+        "rates": list(rates),
+        "calibration_rate": calib_rate,
+        "calibration": calibration,
+        "calibrate_s": round(calibrate_s, 1),
+        "calibration_measured": measured(benches[calib_rate]),
+        "predictions": {f"{r:g}": v for r, v in rows.items()},
+    }
+
+
+def markdown(result: dict, info: dict) -> str:
+    cal = result["calibration"]
+    eff = cal["efficiency"]
+    m = info["machine"]
+    lines = [
+        "# plan-capacity closing the loop (this CPU, default model)",
+        "",
+        f"`llmtool serve` (smollm2-135m, bf16, max 64 sequences) measured by `llmtool bench` at "
+        f"{', '.join(f'{r:g}' for r in result['rates'])} req/s (Poisson, 128 prompt / 32 output tokens). "
+        f"The `cpu-local` profile is calibrated from the {result['calibration_rate']:g} req/s run only; "
+        "the other two rates are predicted by the simulator. "
+        f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; {m['date']}, commit {m['llmtool_commit']}. "
+        "Reproduce: `make bench-plan`.",
+        "",
+        f"Fitted: memory {eff['memory']:.3f}, compute {eff['compute']:.3f} of the measured peaks "
+        f"({cal['hardware']['bandwidth_gb_s']} GB/s, {cal['hardware']['bf16_gflop_s']} bf16 GFLOP/s); "
+        f"{1e3 * eff['step_overhead_s']:.2f} ms per step + {1e3 * eff['per_seq_overhead_s']:.3f} ms per sequence; "
+        f"fit RMS log error {cal['rms_log_error']:.3f}.",
+        "",
+        "| rate (req/s) | metric | measured | predicted | predicted / measured | bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rate, row in result["predictions"].items():
+        for key, label in METRICS:
+            bound = "20%" if key == "output_throughput" else "30%"
+            lines.append(
+                f"| {rate} | {label} | {row['measured'][key]:.1f} | {row['predicted'][key]:.1f} | "
+                f"{row['ratio'][key]:.3f} | {bound} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    rates = (2.0, 4.0, 6.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = closing_loop(rates, num_requests=120, workdir=Path(tmp))
+    info = {"machine": machine_info()}
+    write_results("plan", {**info, **result}, markdown(result, info))
+    print(markdown(result, info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Traffic: the requests a plan is simulated on, as arrival times and token counts.
+
+Open loop (Poisson arrivals at `rate`) is what a deployment sees and what capacity is
+planned for; closed loop (`concurrency` requests always in flight) is how most published
+benchmarks are run, so the published datapoints are checked in that mode. A recorded
+`llmtool bench --json` run can be replayed request for request (calibration does).
+
+Not here: running anything. Lengths are token counts only; the simulator makes up ids.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UsageError
+
+LENGTH_DISTS = ("fixed", "uniform", "exponential")
+
+
+@dataclass(frozen=True)
+class SimRequest:
+    arrival: float  # seconds from the start; ignored in closed loop (arrives when a slot frees)
+    prompt_len: int  # tokens, the shared prefix included
+    output_len: int  # tokens generated (EOS ignored, as benchmarks do)
+    prefix_len: int = 0  # leading prompt tokens shared by every request (a system prompt)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    input_len: int = 1024  # mean prompt tokens
+    output_len: int = 128  # mean output tokens
+    length_dist: str = "fixed"  # fixed | uniform (len x (1 +- len_range)) | exponential (mean len)
+    len_range: float = 0.5  # half-width of the uniform distribution, as a share of the mean
+    prefix_share: float = 0.0  # share of each prompt that is a prefix common to all requests
+    rate: float | None = None  # requests/s, Poisson; None with concurrency
+    concurrency: int | None = None  # closed loop: requests in flight
+    num_requests: int = 400
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.rate is None) == (self.concurrency is None):
+            raise UsageError("traffic needs exactly one of a rate (open loop) or a concurrency (closed loop)")
+        if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
+            raise UsageError(f"the request rate must be a positive number, got {self.rate}")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
+        if min(self.input_len, self.output_len, self.num_requests) < 1:
+            raise UsageError("input length, output length and number of requests must be at least 1")
+        if self.length_dist not in LENGTH_DISTS:
+            raise UsageError(
+                f"unknown length distribution '{self.length_dist}': valid are {', '.join(LENGTH_DISTS)}"
+            )
+        if not 0 <= self.len_range < 1:
+            raise UsageError(f"len_range must be in [0, 1), got {self.len_range}")
+        if not 0 <= self.prefix_share < 1:
+            raise UsageError(f"prefix share must be in [0, 1), got {self.prefix_share}")
+
+    @property
+    def max_len(self) -> int:
+        """Longest prompt + output a request may have: what the KV cache must hold for one."""
+        if self.length_dist == "uniform":
+            grow = 1 + self.len_range
+            return math.floor(self.input_len * grow) + math.floor(self.output_len * grow)
+        if self.length_dist == "exponential":
+            return 4 * (self.input_len + self.output_len)  # the cap _lengths applies
+        return self.input_len + self.output_len
+
+
+def requests(traffic: Traffic) -> list[SimRequest]:
+    rng = np.random.default_rng(traffic.seed)
+    n = traffic.num_requests
+    prompts = _lengths(rng, traffic.input_len, n, traffic)
+    outputs = _lengths(rng, traffic.output_len, n, traffic)
+    prefix = int(traffic.input_len * traffic.prefix_share)
+    if traffic.rate is None:
+        arrivals = np.zeros(n)
+    else:
+        arrivals = np.cumsum(rng.exponential(1 / traffic.rate, n))
+        arrivals -= arrivals[0]  # the first request opens the run
+    return [
+        SimRequest(float(a), int(max(p, prefix + 1)), int(o), prefix)
+        for a, p, o in zip(arrivals, prompts, outputs, strict=True)
+    ]
+
+
+def from_bench(records: list[dict]) -> list[SimRequest]:
+    """Replay the completed requests of an `llmtool bench --json` run: their scheduled send
+    times and the token counts the server reported (usage)."""
+    out = []
+    for r in records:
+        if r.get("error") or r.get("first_token") is None:
+            continue
+        prompt = r.get("prompt_tokens") or r.get("prompt_len")
+        output = r.get("output_tokens") or r.get("client_output_tokens") or sum(r.get("chunk_tokens") or [])
+        if not prompt or not output:
+            continue
+        out.append(SimRequest(float(r["scheduled"]), int(prompt), int(output)))
+    if not out:
+        raise UsageError("the bench results hold no completed request with token counts to calibrate on")
+    out.sort(key=lambda s: s.arrival)
+    t0 = out[0].arrival
+    return [SimRequest(s.arrival - t0, s.prompt_len, s.output_len) for s in out]
+
+
+def _lengths(rng: np.random.Generator, mean: int, n: int, traffic: Traffic) -> np.ndarray:
+    if traffic.length_dist == "uniform":
+        lo, hi = mean * (1 - traffic.len_range), mean * (1 + traffic.len_range)
+        return np.maximum(1, np.floor(rng.uniform(lo, hi + 1, n))).astype(int)
+    if traffic.length_dist == "exponential":
+        # Capped at 4x the mean (the 2% tail beyond) so one request cannot outgrow the cache.
+        return np.clip(np.round(rng.exponential(mean, n)), 1, 4 * mean).astype(int)
+    return np.full(n, mean, dtype=int)
