@@ -101,7 +101,9 @@ def print_plan(data: dict, explain: bool) -> None:
         console.print(f"[bold green]Recommendation[/]: {_config(rec)} for {head}", highlight=False)
         console.print(
             f"${_f(rec['price_per_hour'], 2)}/hour, ${_f(rec['cost_per_1k_output_tokens'], 5)} per 1K output tokens, "
-            f"{_f(rec['output_tok_s_per_gpu_at_rps'])} output tok/s per GPU at the requested rate",
+            f"{_f(rec['output_tok_s_per_gpu_at_rps'])} output tok/s per GPU at the requested rate; "
+            f"goodput {_f(rec['goodput_rps_per_replica'], 2)} of {_f(rec['simulated_rps_per_replica'], 2)} req/s "
+            "per replica",
             highlight=False,
         )
         console.print(

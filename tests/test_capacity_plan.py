@@ -99,6 +99,10 @@ def test_cli_50_rps_70b_on_h100_in_under_10_seconds(tmp_path):
     assert rec["latency"]["ttft_ms"]["p95"] <= 500 and rec["latency"]["tpot_ms"]["p95"] <= 50
     assert rec["memory"]["fits"] and rec["memory"]["weights_gb"] > 0
     assert rec["cost_per_1k_output_tokens"] > 0
+    # Goodput: requests/s per replica whose own TTFT and TPOT meet the bounds; p95 holds, so
+    # at least ~95% of the simulated per-replica rate.
+    per_replica = 50 * 1.2 / rec["replicas"]
+    assert 0.9 * per_replica <= rec["goodput_rps_per_replica"] <= per_replica
     assert any("does not fit" in r["reason"] for r in data["rejected"])  # 70B bf16 on one H100
 
 

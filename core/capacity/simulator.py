@@ -51,7 +51,7 @@ class Replica:
 @dataclass
 class SimResult:
     ttft_s: np.ndarray  # per measured request
-    tpot_s: np.ndarray  # per measured request with >= 2 output tokens
+    tpot_s: np.ndarray  # per measured request; NaN where it made one token (no TPOT)
     e2e_s: np.ndarray
     output_tokens: int  # of measured requests
     duration_s: float  # first measured arrival to last measured finish
@@ -68,9 +68,21 @@ class SimResult:
 
     def percentile(self, metric: str, p: float) -> float:
         values = {"ttft": self.ttft_s, "tpot": self.tpot_s, "e2e": self.e2e_s}[metric]
+        values = values[~np.isnan(values)]
         if self.saturated or len(values) == 0:
             return math.inf
         return float(np.percentile(values, p))
+
+    def share_within(self, bounds_s: dict[str, float]) -> float:
+        """Share of measured requests whose own TTFT / TPOT / E2E are all within `bounds_s`
+        (metric -> seconds): the request-level test behind goodput, as `llmtool bench` does it."""
+        if self.saturated or len(self.e2e_s) == 0:
+            return 0.0
+        ok = np.ones(len(self.e2e_s), dtype=bool)
+        for metric, bound in bounds_s.items():
+            values = {"ttft": self.ttft_s, "tpot": self.tpot_s, "e2e": self.e2e_s}[metric]
+            ok &= np.isnan(values) | (values <= bound)
+        return float(ok.mean())
 
 
 def simulate(
@@ -184,8 +196,9 @@ def _result(reqs, seqs, warmup_share, num_steps, batch_sum, decode_only, preempt
     tpot = np.array(
         [
             (s.timing.finished - s.timing.first_token) / (s.num_output_tokens - 1)
-            for s in measured
             if s.num_output_tokens > 1
+            else math.nan
+            for s in measured
         ]
     )
     start = min((s.timing.arrival for s in measured), default=0.0)

@@ -29,6 +29,10 @@ def plan_dict(p: Plan, req) -> dict:
         "replica_output_tok_s": _round(r.throughput),
         "output_tok_s_per_gpu_at_rps": _round(rps * output_len / p.total_gpus),
         "mean_batch": _round(r.mean_batch),
+        # Requests/s per replica whose own latencies all meet the SLO bounds (bench's goodput).
+        "goodput_rps_per_replica": _round(
+            rps * (1 + req.headroom) / p.replicas * r.share_within({s.metric: s.ms / 1000 for s in req.slos})
+        ),
         "preemptions": r.num_preemptions,
         "price_per_hour": _round(p.price_per_hour),
         "cost_per_1k_output_tokens": _round(p.cost_per_1k_tokens, 6),
