@@ -67,15 +67,23 @@ def predicted(pred_json: Path) -> dict:
 
 def closing_loop(rates: tuple[float, float, float], num_requests: int, workdir: Path) -> dict:
     """rates = (low, calibration, high). Returns measured, predicted and ratios per rate."""
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {"LLMTOOL_CONFIG_DIR": str(workdir / "config")}
     benches = {}
     server = ServerProcess().wait_ready()
     try:
-        for rate in rates:
+        # Warm the server first, discarded: its first requests run slower (kernels built for
+        # each new batch shape, caches filling), which no steady-state model predicts.
+        _run(
+            "bench", "--url", server.url, "--tokenizer", "smollm2-135m", *WORKLOAD,
+            "--rate", f"{max(rates):g}", "-n", str(max(20, num_requests // 3)), "--warmup", "0", "--seed", "2",
+        )  # fmt: skip
+        for seed, rate in enumerate(rates, start=10):
+            # A seed per run: the same prompts again would hit the prefix cache of the run before.
             out = workdir / f"bench-{rate:g}.json"
             _run(
-                "bench", "--url", server.url, "--tokenizer", "smollm2-135m", *WORKLOAD,
-                "--rate", f"{rate:g}", "-n", str(num_requests), "--warmup", "4", "--seed", "1", "--json", str(out),
+                "bench", "--url", server.url, "--tokenizer", "smollm2-135m", *WORKLOAD, "--rate", f"{rate:g}",
+                "-n", str(num_requests), "--warmup", "4", "--seed", str(seed), "--json", str(out),
             )  # fmt: skip
             benches[rate] = out
     finally:
@@ -99,7 +107,7 @@ def closing_loop(rates: tuple[float, float, float], num_requests: int, workdir: 
         pred_json = workdir / f"predict-{rate:g}.json"
         _run(
             "plan-capacity", "--predict", "--gpu", "cpu-local", "--model", "smollm2-135m", "--rps", f"{rate:g}",
-            *WORKLOAD, "--tp", "1", "--quant", "bf16", "--max-batch", "64", "--num-requests", "600",
+            *WORKLOAD, "--tp", "1", "--quant", "bf16", "--max-batch", "64", "--num-requests", "1000",
             "--json", str(pred_json), env=env,
         )  # fmt: skip
         m, p = measured(benches[rate]), predicted(pred_json)

