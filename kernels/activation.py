@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu_ops import cpu_ops
+from .dispatch import use_fast_path
 
 
 def silu_and_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -13,6 +14,8 @@ def silu_and_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     # bf16 only: fp32, our reference precision, stays on torch's exp to the last ulp.
+    if not use_fast_path():
+        return silu_and_mul_ref(gate, up)
     if gate.device.type == "cpu" and gate.dtype == torch.bfloat16 and (ops := cpu_ops()):
         return ops.silu_and_mul(gate, up)
     return silu_and_mul_ref(gate, up)

@@ -13,6 +13,8 @@ against this reference.
 import torch
 import torch.nn.functional as F
 
+from .dispatch import use_fast_path
+
 
 def _sdpa(q, k, v, **kwargs):
     """SDPA on [H, T, D] tensors, given a batch dim: torch's fused CPU kernel only serves 4-D
@@ -80,6 +82,8 @@ def varlen_attention(
     sliding_window: int | None = None,
 ) -> torch.Tensor:
     """Same contract as varlen_attention_ref, on torch's fused SDPA (flash/memory-efficient)."""
+    if not use_fast_path():
+        return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_window)
     out = torch.empty_like(q)
     for i in range(len(cu_seqlens_q) - 1):
         q0, q1, k0, k1 = cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]

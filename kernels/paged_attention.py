@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .attention import attend_one, varlen_attention_ref
 from .cpu_ops import cpu_ops
+from .dispatch import use_fast_path, use_triton
 
 
 def write_kv_ref(
@@ -46,8 +47,15 @@ def write_kv(
     slot_mapping: torch.Tensor,
     has_padding: bool = True,
 ) -> None:
-    """Same contract as write_kv_ref: one index_copy_ per cache on its flattened view.
-    has_padding=False promises no -1 slots (the engine never pads) and skips the filter."""
+    """Same contract as write_kv_ref: one index_copy_ per cache on its flattened view (CPU),
+    a Triton kernel skipping -1 slots in place (CUDA). has_padding=False promises no -1 slots
+    (the engine never pads) and skips the filter."""
+    if not use_fast_path():
+        return write_kv_ref(k_cache, v_cache, k, v, slot_mapping)
+    if use_triton(k) and k_cache.is_contiguous():
+        from .triton_write_kv import write_kv_triton
+
+        return write_kv_triton(k_cache, v_cache, k, v, slot_mapping)
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     if has_padding:
         # index_copy_ has no "skip" index, so padding tokens are dropped first. The boolean
@@ -108,6 +116,9 @@ class PagedAttentionPlan:
     decode_tables: torch.Tensor | None  # [B_d, max_blocks] long, for the native kernel
     decode_lens: torch.Tensor | None  # [B_d] long
     is_pure_decode: bool  # every sequence decodes: output rows equal decode rows, no scatter
+    cu_seqlens_q_t: torch.Tensor | None = None  # [B + 1] int32 on the device, Triton only
+    seq_lens_t: torch.Tensor | None = None  # [B] int32 on the device, Triton only
+    max_len_q: int = 1
 
 
 def plan_paged_attention(
@@ -136,6 +147,10 @@ def plan_paged_attention(
             visible &= pos > (lens[:, None] - 1 - sliding_window)
         valid = visible[:, None, None, :]
         rows = torch.tensor([cu_seqlens_q[i] for i in decode_ids], device=device)
+    cu_t = lens_t = None
+    if use_triton(block_tables):  # built once per step, shared by every layer's kernel call
+        cu_t = torch.tensor(cu_seqlens_q, dtype=torch.int32, device=device)
+        lens_t = torch.tensor(seq_lens, dtype=torch.int32, device=device)
     return PagedAttentionPlan(
         block_size=block_size,
         cu_seqlens_q=cu_seqlens_q,
@@ -149,6 +164,9 @@ def plan_paged_attention(
         decode_tables=tables,
         decode_lens=lens,
         is_pure_decode=len(decode_ids) == num_seqs,
+        cu_seqlens_q_t=cu_t,
+        seq_lens_t=lens_t,
+        max_len_q=max((b - a for a, b in zip(cu_seqlens_q, cu_seqlens_q[1:], strict=False)), default=1),
     )
 
 
@@ -199,8 +217,20 @@ def paged_attention(
 
     Decode rows (len_q == 1), the bulk of steady-state serving, share one SDPA call per
     layer; prefill and chunked-prefill sequences run one at a time. Python work is per
-    sequence, never per token.
+    sequence, never per token. On CUDA one Triton kernel serves decode and prefill alike.
     """
+    if not use_fast_path():
+        return paged_attention_ref(
+            q, k_cache, v_cache, plan.block_tables, plan.cu_seqlens_q, plan.seq_lens, scale, plan.sliding_window
+        )
+    block_size = k_cache.shape[1]
+    if plan.cu_seqlens_q_t is not None and use_triton(q) and block_size >= 16 and block_size & (block_size - 1) == 0:
+        from .triton_paged_attention import paged_attention_triton
+
+        return paged_attention_triton(
+            q, k_cache, v_cache, plan.block_tables, plan.cu_seqlens_q_t, plan.seq_lens_t,
+            plan.max_len_q, scale, plan.sliding_window,
+        )  # fmt: skip
     if plan.is_pure_decode:
         return _decode_attention(q, k_cache, v_cache, plan, scale)
     out = torch.empty_like(q)  # [N, Hq, D]

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dispatch import triton_available, use_fast_path, use_triton
+
 _KERNEL_GROUP_SIZES = (256, 128, 64, 32)  # what _weight_int4pack_mm_for_cpu accepts, largest first
 _BLOCK_N = 64  # the CPU int4 pack interleaves output rows in blocks of 64: [out / 64, in, 32] bytes
 _FAST_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -59,6 +61,8 @@ _OUT_DIMS = {
     "scale_zeros": 1,
     "scale_zeros_lo": 1,
     "bias": 0,
+    "qweight": 1,
+    "qzeros": 1,
 }
 
 
@@ -122,6 +126,19 @@ def _kernel_ok(device: torch.device, out_features: int, group_size: int, dtype: 
         and any(group_size % k == 0 for k in _KERNEL_GROUP_SIZES)
         and os.environ.get("LLMTOOL_CPU_KERNELS", "1") != "0"
     )
+
+
+def pack_gptq_layout(q: torch.Tensor, zeros: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes q [out, in] and raw zeros [G, out] -> GPTQ v1's qweight [in * bits / 32, out] and
+    qzeros [G, out * bits / 32] (stored z - 1), the layout the Triton kernel reads."""
+    per_word = 32 // bits
+
+    def pack_last(v: torch.Tensor) -> torch.Tensor:
+        v = v.to(torch.int64).reshape(*v.shape[:-1], -1, per_word)
+        words = (v << torch.arange(0, 32, bits, device=v.device)).sum(-1)
+        return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+    return pack_last(q).T.contiguous(), pack_last((zeros.to(torch.int64) - 1) % (1 << bits))
 
 
 def _pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -191,6 +208,16 @@ class QuantLinear(nn.Module):
         self.is_packed = _kernel_ok(q.device, out_features, self.group_size, dtype)
         self.register_buffer("g_idx", g_idx.to(torch.int32), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
+        # CUDA with Triton: GPTQ-layout codes for the fused-dequant kernel, beside the plain
+        # codes the reference reads (both are small: 0.5 + 1 byte per weight at 4 bits).
+        self.triton_layout = (
+            q.device.type == "cuda" and triton_available() and in_features % (32 // bits) == 0
+            and out_features % (32 // bits) == 0
+        )  # fmt: skip
+        if self.triton_layout:
+            qweight, qzeros = pack_gptq_layout(q, zeros, bits)
+            self.register_buffer("qweight", qweight, persistent=False)
+            self.register_buffer("qzeros", qzeros, persistent=False)
         if not self.is_packed:
             self.register_buffer("q", q.to(torch.uint8), persistent=False)
             self.register_buffer("zeros", zeros.float(), persistent=False)
@@ -230,7 +257,7 @@ class QuantLinear(nn.Module):
             raise ValueError("QuantLinear.concat needs parts with the same g_idx, bits, dtype and path")
         fused = cls.__new__(cls)
         nn.Module.__init__(fused)
-        for attr in ("in_features", "bits", "dtype", "group_size", "is_packed", "kernel_group_size"):
+        for attr in ("in_features", "bits", "dtype", "group_size", "is_packed", "kernel_group_size", "triton_layout"):
             if hasattr(first, attr):
                 setattr(fused, attr, getattr(first, attr))
         fused.out_features = sum(p.out_features for p in parts)
@@ -265,8 +292,17 @@ class QuantLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "triton_layout", False) and use_triton(x):
+            from .triton_quant_matmul import GPTQ, quant_matmul_triton
+
+            x2 = x.to(self.dtype)
+            y = quant_matmul_triton(x2, self.qweight, self.qzeros, self.scales.to(self.dtype), self.g_idx, GPTQ,
+                                    self.bits, self.bias)  # fmt: skip
+            return y.to(x.dtype)
         if not self.is_packed:
             return quant_linear_ref(x, self.q, self.zeros, self.scales, self.g_idx, self.bias)
+        if not use_fast_path():  # the packed codes are all this layer keeps: dequantize them in fp32
+            return self._reference_from_packed(x)
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).to(self.dtype)
         if self.perm is not None:
@@ -307,6 +343,23 @@ class QuantLinear(nn.Module):
         if self.bias is None:
             return x2 @ w
         return torch.addmm(self.bias, x2, w)
+
+    def _reference_from_packed(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference's arithmetic (W in fp32, cast to x.dtype, F.linear) on codes recovered
+        from the kernel layout; act-order's input permutation is applied to x."""
+        sz = self.scale_zeros.float()
+        if self.packed_lo is None:
+            scale, offset = sz[..., 0], sz[..., 1] - 8 * sz[..., 0]
+        else:
+            scale = sz[..., 0] / 16
+            offset = sz[..., 1] - 136 * scale
+        w = _dequantize_packed(self.packed, self.packed_lo, scale, offset, self.in_features, torch.float32)
+        x2 = x.reshape(-1, self.in_features)
+        if self.perm is not None:
+            x2 = x2.index_select(1, self.perm)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.linear(x2, w.T.to(x.dtype), bias)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (

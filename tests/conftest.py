@@ -6,6 +6,11 @@ import platform
 import pytest
 import torch
 
+# Without a GPU the Triton kernels are tested through triton's interpreter, which must be on
+# before anything imports triton (transformers imports torchao, which imports it).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def _machine_line() -> str:
     """CPU, cores, load and the measured slowdown: read with the timings of a CI log."""

@@ -8,7 +8,7 @@ Parameter names match transformers' so HF checkpoints load and export without re
 import torch
 from torch import nn
 
-from ...kernels import apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
+from ...kernels import add_rms_norm, apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
 from ...kernels.linear import PackedLinear
 from ...kernels.quant_linear import QuantLinear
 from .context import AttentionContext
@@ -24,6 +24,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         return rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x, residual):
+        """(norm(x + residual), x + residual) in one pass: the residual add fused in."""
+        return add_rms_norm(x, residual, self.weight, self.eps)
 
 
 def fuse_linears(parts) -> nn.Module:
@@ -117,9 +121,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.mlp = MLP(spec)
 
-    def forward(self, x, cos, sin, ctx):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, ctx):
+        """x: the previous layer's output (not yet added), residual: the stream before it (None
+        at the first layer). Returns the same pair; each add is fused into the next norm."""
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(h, cos, sin, ctx)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class Backbone(nn.Module):
@@ -178,9 +189,12 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.embed_tokens(input_ids)  # [N, h]
         cos, sin = self.rotary.lookup(positions, x.dtype)  # [N, D] each
         sin = signed_sin(sin)  # once per forward, not per layer
+        residual = None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, ctx)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, cos, sin, ctx)
+        if residual is None:
+            return self.model.norm(x)
+        return self.model.norm.add_forward(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, h] -> fp32 logits [N, vocab]; callers pass only the rows they sample."""
