@@ -59,6 +59,17 @@ def serve(
     shutdown_grace: Annotated[
         float, typer.Option("--shutdown-grace", min=0, help="Seconds in-flight requests get after SIGTERM.")
     ] = 30.0,
+    speculative: Annotated[
+        str | None,
+        typer.Option(
+            "--speculative",
+            help="Speculative decoding: 'ngram' (prompt lookup) or 'draft:MODEL' (a smaller model, same tokenizer).",
+        ),
+    ] = None,
+    num_speculative_tokens: Annotated[
+        int,
+        typer.Option("--num-speculative-tokens", help="Most tokens drafted per step (with --speculative)."),
+    ] = 5,
     dtype: DtypeOpt = "auto",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info or warning.")] = "info",
     config: ConfigOpt = None,
@@ -68,8 +79,11 @@ def serve(
 
     Example: llmtool serve --port 8000, then
     curl localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+
+    Speculative decoding: llmtool serve --speculative ngram --num-speculative-tokens 5
+    (greedy output is unchanged, sampled output keeps the model's distribution).
     """
-    from ..core.engine.config import EngineConfig
+    from ..core.engine.config import EngineConfig, SpeculativeConfig
     from ..core.errors import UsageError
     from ..core.server.config import ServerConfig
     from ..core.server.run import serve as run_server
@@ -78,6 +92,13 @@ def serve(
     level = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}.get(log_level.lower())
     if level is None:
         raise UsageError(f"--log-level must be debug, info or warning, not '{log_level}'")
+    spec_config = None
+    if speculative is not None:
+        spec_config = SpeculativeConfig.parse(speculative, num_speculative_tokens)
+        if spec_config.draft_model:
+            _check_draft_vocab(model, spec_config.draft_model)
+    elif num_speculative_tokens != 5:
+        raise UsageError("--num-speculative-tokens needs --speculative")
     _setup_logging(level)
     server_config = ServerConfig(
         engine=EngineConfig(
@@ -87,6 +108,7 @@ def serve(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             max_model_len=max_model_len,
+            speculative=spec_config,
         ),
         host=host,
         port=port,
@@ -99,6 +121,22 @@ def serve(
     )
     run_server(server_config, on_listening=_listening, on_ready=_ready)
     err_console.print("[dim]server stopped[/]")
+
+
+def _check_draft_vocab(model: str, draft: str) -> None:
+    """Fail before serving when the draft cannot share the target's token ids (headers only;
+    the engine compares the tokenizers themselves once both are loaded)."""
+    from ..core.errors import UsageError
+    from ..core.models.loader import load_spec
+    from ..core.models.resolve import resolve_model
+
+    target_vocab = load_spec(resolve_model(model)).vocab_size
+    draft_vocab = load_spec(resolve_model(draft)).vocab_size
+    if draft_vocab != target_vocab:
+        raise UsageError(
+            f"draft model {draft} has a vocabulary of {draft_vocab} tokens, {model} {target_vocab}: "
+            "a draft must share the target's tokenizer"
+        )
 
 
 def _listening(state) -> None:

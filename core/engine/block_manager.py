@@ -90,15 +90,32 @@ class BlockManager:
 
     # ---- decoding ----------------------------------------------------------------------
 
-    def can_append(self, seq: Sequence) -> bool:
-        return self._num_blocks_missing(seq) <= len(self._free)
+    def can_append(self, seq: Sequence, num_lookahead_slots: int = 0) -> bool:
+        return self._num_blocks_missing(seq, num_lookahead_slots) <= len(self._free)
 
-    def may_append(self, seq: Sequence) -> None:
-        """Grow the block table to cover the tokens just appended (one new block at most, in decode)."""
-        num_missing = self._num_blocks_missing(seq)
+    def num_blocks_missing(self, seq: Sequence, num_lookahead_slots: int = 0) -> int:
+        """Blocks may_append would take for seq (0 when its table already covers the slots)."""
+        return self._num_blocks_missing(seq, num_lookahead_slots)
+
+    def may_append(self, seq: Sequence, num_lookahead_slots: int = 0) -> None:
+        """Grow the block table to cover the tokens just appended (one new block at most, in decode),
+        plus `num_lookahead_slots` beyond them: speculative decoding writes drafted tokens' K/V there."""
+        num_missing = self._num_blocks_missing(seq, num_lookahead_slots)
         if num_missing > len(self._free):
             raise RuntimeError(f"no free KV block to append to {seq!r}; check can_append first")
         seq.block_table.extend(self._pop_free() for _ in range(num_missing))
+
+    def trim(self, seq: Sequence) -> None:
+        """Free the lookahead blocks beyond seq's tokens (rejected drafts' slots). They were popped
+        fresh and never hashed (only computed, verified blocks are), so they go to the FRONT of
+        the free queue: reused first, they evict no cached prefix."""
+        num_needed = seq.num_blocks_needed(self._block_size)
+        while len(seq.block_table) > num_needed:
+            block = self._blocks[seq.block_table.pop()]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._free[block.block_id] = None
+                self._free.move_to_end(block.block_id, last=False)
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register the seq's full, computed blocks in the prefix cache (those not yet registered)."""
@@ -224,8 +241,9 @@ class BlockManager:
         num_in_use_hits = sum(self._blocks[b].ref_count > 0 for b in hit_ids)
         return seq.num_blocks_needed(self._block_size) - num_in_use_hits - len(self._free)
 
-    def _num_blocks_missing(self, seq: Sequence) -> int:
-        return max(0, seq.num_blocks_needed(self._block_size) - len(seq.block_table))
+    def _num_blocks_missing(self, seq: Sequence, num_lookahead_slots: int = 0) -> int:
+        num_needed = seq.num_blocks_needed(self._block_size, seq.num_tokens + num_lookahead_slots)
+        return max(0, num_needed - len(seq.block_table))
 
     def _take(self, block_id: int) -> None:
         """Add a reference to a block found in the cache (or shared by a fork)."""

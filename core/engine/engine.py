@@ -1,7 +1,9 @@
 """Engine: add_request / step / abort, and generate() for offline batches.
 
-step() is schedule -> run -> sample -> update -> detokenize. Everything a server or a
-benchmark needs to report (deltas, timings, cache and queue figures) comes out of here.
+step() is schedule -> run -> sample -> update -> detokenize; with speculative decoding it
+is draft -> schedule -> run -> sample and verify -> update -> detokenize, and a delta may
+carry several tokens. Everything a server or a benchmark needs to report (deltas, timings,
+cache, queue and speculation figures) comes out of here.
 """
 
 import logging
@@ -17,11 +19,13 @@ from ..models.loader import LoadedModel, load_model
 from .block_manager import BlockManager
 from .config import EngineConfig, default_kv_cache_bytes
 from .detokenizer import Detokenizer
+from .drafter import build_drafter
 from .model_runner import ModelRunner
 from .sampler import Sampler, TokenLogprobs
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
 from .sequence import FinishReason, Sequence
+from .spec_decode import SpecDecoder, split_logit_rows
 
 log = logging.getLogger("llmtool.engine")
 
@@ -68,6 +72,10 @@ class EngineStats:
     prefix_cache_queries: int  # tokens looked up
     prefix_cache_hits: int  # tokens found
     num_preemptions: int
+    spec_num_verify_steps: int = 0  # decode steps that verified drafted tokens
+    spec_num_draft_tokens: int = 0  # drafted tokens verified
+    spec_num_accepted_tokens: int = 0  # of those, kept
+    spec_num_emitted_tokens: int = 0  # tokens those steps produced (accepted + one each)
 
 
 class Engine:
@@ -117,6 +125,10 @@ class Engine:
         )
         self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size)
         self.sampler = Sampler(spec.vocab_size, seed=config.seed)
+        self.spec: SpecDecoder | None = None
+        if config.speculative is not None:
+            drafter = build_drafter(config.speculative, self.loaded, config)
+            self.spec = SpecDecoder(config.speculative, drafter, self.sampler)
         self.eos_token_ids = tuple(spec.eos_token_ids)
         self._seqs: dict[str, Sequence] = {}
         self._detok: dict[int, Detokenizer] = {}
@@ -166,7 +178,8 @@ class Engine:
         """One scheduled batch forward. A failure that belongs to some requests (non-finite
         logits, a sampler or detokenizer error, even the whole forward pass raising) ends
         those requests with finish_reason "error"; the engine and every other request go on."""
-        out = self.scheduler.schedule()
+        drafts = self.spec.propose(self.scheduler.running) if self.spec is not None else None
+        out = self.scheduler.schedule(drafts)
         if out.is_empty:
             return []
         now = self.clock()
@@ -178,17 +191,25 @@ class Engine:
         except Exception as e:  # we cannot tell whose input broke it: the batch fails, not the engine
             log.exception("a forward pass failed; its %d requests end with an error", len(out.scheduled))
             return [self._fail(entry.seq, f"the forward pass failed: {e!r}") for entry in out.scheduled]
-        sampling = [e.seq for e in out.scheduled if e.samples]
-        tokens, logprobs, errors = self._sample(logits, sampling)
+        verifying = [e for e in out.scheduled if e.draft_token_ids]
+        sampling = [e.seq for e in out.scheduled if e.samples and not e.draft_token_ids]
+        plain_logits, spec_logits = split_logit_rows(out, logits) if verifying else (logits, None)
+        tokens, logprobs, errors = self._sample(plain_logits, sampling)
+        if verifying:
+            verified = self.spec.verify(verifying, spec_logits)
+            tokens.update(verified.tokens)
+            logprobs.update(verified.logprobs)
+            errors.update(verified.errors)
+        num_before = {e.seq.seq_id: e.seq.num_tokens for e in out.scheduled}
         grown = self.scheduler.update(out, [tokens.get(e.seq.seq_id) for e in out.scheduled])
         now = self.clock()
-        outputs = [self._emit(seq, now, logprobs.get(seq.seq_id)) for seq in grown]
-        failed = [seq for seq in sampling if seq.seq_id in errors]
+        outputs = [self._emit(s, now, num_before[s.seq_id], logprobs.get(s.seq_id)) for s in grown]
+        failed = [e.seq for e in out.scheduled if e.seq.seq_id in errors]
         return outputs + [self._fail(seq, errors[seq.seq_id]) for seq in failed]
 
     def _sample(
         self, logits: torch.Tensor, seqs: list[Sequence]
-    ) -> tuple[dict[int, int], dict[int, TokenLogprobs], dict[int, str]]:
+    ) -> tuple[dict[int, int | list[int]], dict[int, TokenLogprobs | list[TokenLogprobs]], dict[int, str]]:
         """Tokens and logprobs by seq_id for rows that sample cleanly; errors for the others."""
         tokens: dict[int, int] = {}
         logprobs: dict[int, TokenLogprobs] = {}
@@ -231,34 +252,51 @@ class Engine:
         if wiped:
             self.runner.wipe_blocks(wiped)
         seq.timing.finished = self.clock()
-        self.sampler.release(seq.seq_id)
+        self._release_streams(seq.seq_id)
         return self._output(seq, [], "", None)
 
-    def _emit(self, seq: Sequence, now: float, logprobs: TokenLogprobs | None) -> RequestOutput:
+    def _release_streams(self, seq_id: int) -> None:
+        """Drop a sequence's random stream and its drafting state."""
+        self.sampler.release(seq_id)
+        if self.spec is not None:
+            self.spec.release(seq_id)
+
+    def _emit(self, seq: Sequence, now: float, num_before: int, logprobs) -> RequestOutput:
+        """The delta of the tokens seq got this step (one, or several verified at once)."""
+        tokens = seq.token_ids[num_before:]
+        if isinstance(logprobs, TokenLogprobs):
+            logprobs = [logprobs]
         t = seq.timing
-        t.token_times.append(now)
         if t.first_token is None:
             t.first_token = now
-        token = seq.last_token_id
         text = ""
         detok = self._detok.get(seq.seq_id)
         if detok is not None:
             try:
-                delta = detok.push([token])
-                text = delta.text
-                if delta.stop_hit and not seq.is_finished:
-                    self.scheduler.finish(seq, FinishReason.STOP)
-                elif seq.is_finished:
-                    text += detok.flush()
+                # One token at a time: a stop string may end the output inside a verified run.
+                for i, token in enumerate(tokens):
+                    delta = detok.push([token])
+                    text += delta.text
+                    if delta.stop_hit:
+                        if not seq.is_finished:
+                            self.scheduler.finish(seq, FinishReason.STOP)
+                        seq.truncate(num_before + i + 1)
+                        tokens = tokens[: i + 1]
+                        break
+                else:
+                    if seq.is_finished:
+                        text += detok.flush()
             except Exception as e:
                 log.exception("detokenizing failed for request %s", seq.request_id)
                 return self._fail(seq, f"detokenizing failed: {e!r}")
+        t.token_times += [now] * len(tokens)
         if logprobs is not None:
-            self._logprobs.setdefault(seq.seq_id, []).append(logprobs)
+            logprobs = logprobs[: len(tokens)]
+            self._logprobs.setdefault(seq.seq_id, []).extend(logprobs)
         if seq.is_finished:
             t.finished = now
-            self.sampler.release(seq.seq_id)
-        return self._output(seq, [token], text, [logprobs] if logprobs is not None else None)
+            self._release_streams(seq.seq_id)
+        return self._output(seq, tokens, text, logprobs)
 
     @staticmethod
     def _output(seq: Sequence, tokens: list[int], text: str, logprobs) -> RequestOutput:
@@ -299,7 +337,7 @@ class Engine:
         self._seqs.pop(seq.request_id, None)
         self._detok.pop(seq.seq_id, None)
         self._logprobs.pop(seq.seq_id, None)
-        self.sampler.release(seq.seq_id)
+        self._release_streams(seq.seq_id)
 
     def generate(
         self,
@@ -335,4 +373,5 @@ class Engine:
             prefix_cache_queries=bm.prefix_queries,
             prefix_cache_hits=bm.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions,
+            **(self.spec.stats().engine_fields() if self.spec is not None else {}),
         )

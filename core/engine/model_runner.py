@@ -2,7 +2,8 @@
 
 The cache is one preallocated tensor [layers, 2, num_blocks, block_size, Hk, D]; a step
 writes each new token's K/V to its slot and attention reads keys through block tables
-(kernels.paged_attention). Only the rows that sample produce logits.
+(kernels.paged_attention). Only the rows that sample produce logits: a decode's last row, or
+every row of an entry verifying k drafted tokens (k + 1 rows, its last token then the drafts).
 """
 
 import math
@@ -54,7 +55,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> torch.Tensor:
-        """Forward the step; returns fp32 logits [num_sampling_rows, V] in scheduled order."""
+        """Forward the step; returns fp32 logits [num_sampling_rows, V] in scheduled order
+        (entry.num_logit_rows rows per entry)."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -64,14 +66,14 @@ class ModelRunner:
         sample_rows: list[int] = []
         for entry in out.scheduled:
             seq, start, n = entry.seq, entry.start, entry.num_new_tokens
-            input_ids += seq.token_ids[start : start + n]
+            input_ids += entry.input_token_ids()
             positions += range(start, start + n)
             table = seq.block_table
             slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             cu_seqlens_q.append(cu_seqlens_q[-1] + n)
             seq_lens.append(start + n)
-            if entry.samples:
-                sample_rows.append(cu_seqlens_q[-1] - 1)
+            end = cu_seqlens_q[-1]
+            sample_rows += range(end - entry.num_logit_rows, end)
         device = self.model.device
         width = max(len(e.seq.block_table) for e in out.scheduled)
         tables = [e.seq.block_table + [0] * (width - len(e.seq.block_table)) for e in out.scheduled]

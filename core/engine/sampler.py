@@ -75,6 +75,19 @@ class Sampler:
 
     def _draw(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Temperature, filters, then the exponential race; every row here samples."""
+        probs = self.probs(logits, seqs)  # [R, V]
+        noise = torch.empty(probs.shape)  # [R, V] on CPU, where the generators live
+        for row, seq in enumerate(seqs):
+            noise[row].uniform_(generator=self.generator(seq))
+        # -log(U) is Exp(1); U == 0 gives +inf noise, so that token simply loses.
+        noise = noise.log_().neg_().to(logits.device)
+        return probs.div_(noise).argmax(-1)
+
+    @staticmethod
+    def probs(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The distribution a non-greedy row samples from [R, V]: softmax at the row's temperature,
+        then min_p, top_k, top_p. Filtered tokens get 0 and rows are NOT renormalised (the race
+        ignores scale; speculative verification divides by the sum itself)."""
         device = logits.device
         temperature = torch.tensor([s.params.temperature for s in seqs], device=device)
         probs = torch.softmax(logits / temperature[:, None], dim=-1)  # [R, V]
@@ -86,14 +99,10 @@ class Sampler:
         top_p = [s.params.top_p for s in seqs]
         if any(top_k) or min(top_p) < 1:
             apply_top_k_top_p(probs, torch.tensor(top_k, device=device), torch.tensor(top_p, device=device))
-        noise = torch.empty(probs.shape)  # [R, V] on CPU, where the generators live
-        for row, seq in enumerate(seqs):
-            noise[row].uniform_(generator=self._generator(seq))
-        # -log(U) is Exp(1); U == 0 gives +inf noise, so that token simply loses.
-        noise = noise.log_().neg_().to(device)
-        return probs.div_(noise).argmax(-1)
+        return probs
 
-    def _generator(self, seq: Sequence) -> torch.Generator:
+    def generator(self, seq: Sequence) -> torch.Generator:
+        """The sequence's own random stream (speculative verification draws from it too)."""
         generator = self._generators.get(seq.seq_id)
         if generator is None:
             seed = seq.params.seed

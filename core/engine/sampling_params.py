@@ -23,6 +23,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob plus top-k alternatives
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    num_speculative_tokens: int | None = None  # None: the engine's setting; 0: no speculation; k: at most k
 
     def __post_init__(self):
         checks = (
@@ -37,6 +38,10 @@ class SamplingParams:
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
             (all(self.stop), "stop strings must not be empty"),
+            (
+                self.num_speculative_tokens is None or self.num_speculative_tokens >= 0,
+                "num_speculative_tokens must be >= 0 (0 turns speculation off for the request)",
+            ),
         )
         for ok, message in checks:
             if not ok:

@@ -114,3 +114,11 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def truncate(self, num_tokens: int) -> None:
+        """Drop tokens past `num_tokens` of a FINISHED sequence: a stop string ended it inside a
+        run of several verified tokens, and what followed was never generated as far as the
+        user is concerned (usage and token ids match a run without speculation)."""
+        if not self.is_finished or num_tokens < self.num_prompt_tokens:
+            raise ValueError(f"can only truncate the output of a finished sequence, not {self!r}")
+        del self.token_ids[num_tokens:]

@@ -165,6 +165,21 @@ class Generation:
             num_generation_tokens=len(choice.token_ids),
             e2e_latency=time.monotonic() - self.start,
             ttft=times[0] - self.start if times else None,
-            inter_token_latencies=[b - a for a, b in zip(times, times[1:], strict=False)],
+            inter_token_latencies=inter_token_latencies(times),
             finished_reason=choice.finish_reason,
         )
+
+
+def inter_token_latencies(times: list[float]) -> list[float]:
+    """One gap per token after the first chunk. A step that verified k speculated tokens stamps
+    them all at once; its gap is split over them (gap / k each), as `llmtool bench` counts ITL."""
+    gaps: list[float] = []
+    i = next((n for n, t in enumerate(times) if t != times[0]), len(times))  # past the first chunk
+    while i < len(times):
+        j = i
+        while j + 1 < len(times) and times[j + 1] == times[i]:
+            j += 1
+        k = j - i + 1
+        gaps += [(times[i] - times[i - 1]) / k] * k
+        i = j + 1
+    return gaps

@@ -224,7 +224,7 @@ class ServerMetrics:
     """The server's metrics, vLLM's names under `llmtool:`. Engine metrics carry a model_name
     label, as vLLM's do; http_requests_total is labelled by status code alone."""
 
-    def __init__(self, model_name: str, registry: Registry | None = None):
+    def __init__(self, model_name: str, registry: Registry | None = None, speculative: bool = False):
         self.registry = registry or Registry()
         self._model = (model_name,)
         h, c, g = self._histogram, self._counter, self._gauge
@@ -241,12 +241,32 @@ class ServerMetrics:
         )
         self.prefix_cache_hits = c("prefix_cache_hits_total", "Prompt tokens found in the prefix cache.")
         self.num_preemptions = c("num_preemptions_total", "Requests preempted (blocks freed, recomputed).")
+        self.speculative = speculative
+        if speculative:  # vLLM's spec_decode_* names; absent when speculation is off, as in vLLM
+            self._register_spec_metrics()
         reasons = ("model_name", "finished_reason")
         self.request_success = self.registry.register(
             Counter(f"{PREFIX}request_success_total", "Ended requests by finish reason.", reasons)
         )
         self.http_requests = self.registry.register(
             Counter(f"{PREFIX}http_requests_total", "HTTP responses by status code.", ("status",))
+        )
+
+    def _register_spec_metrics(self) -> None:
+        c, g = self._counter, self._gauge
+        self.spec_num_drafts = c("spec_decode_num_drafts_total", "Decode steps that verified drafted tokens.")
+        self.spec_num_draft_tokens = c("spec_decode_num_draft_tokens_total", "Drafted tokens verified.")
+        self.spec_num_accepted_tokens = c(
+            "spec_decode_num_accepted_tokens_total", "Drafted tokens the target accepted."
+        )
+        self.spec_num_emitted_tokens = c(
+            "spec_decode_num_emitted_tokens_total", "Tokens verifying steps produced (accepted + one each)."
+        )
+        self.spec_acceptance_rate = g(
+            "spec_decode_draft_acceptance_rate", "Accepted / drafted tokens, so far."
+        )
+        self.spec_mean_accepted_length = g(
+            "spec_decode_mean_accepted_length", "Tokens per verifying step, so far (1 = no gain)."
         )
 
     # Each per-model series is touched at once, so it is on the first scrape (at zero).
@@ -298,6 +318,16 @@ class ServerMetrics:
         self.prefix_cache_queries.set_total(stats.prefix_cache_queries, m)
         self.prefix_cache_hits.set_total(stats.prefix_cache_hits, m)
         self.num_preemptions.set_total(stats.num_preemptions, m)
+        if not self.speculative:
+            return
+        drafts, drafted = stats.spec_num_verify_steps, stats.spec_num_draft_tokens
+        accepted, emitted = stats.spec_num_accepted_tokens, stats.spec_num_emitted_tokens
+        self.spec_num_drafts.set_total(drafts, m)
+        self.spec_num_draft_tokens.set_total(drafted, m)
+        self.spec_num_accepted_tokens.set_total(accepted, m)
+        self.spec_num_emitted_tokens.set_total(emitted, m)
+        self.spec_acceptance_rate.set(accepted / drafted if drafted else 0.0, m)
+        self.spec_mean_accepted_length.set(emitted / drafts if drafts else 0.0, m)
 
     def render(self) -> str:
         return self.registry.render()

@@ -126,6 +126,7 @@ class _SamplingFields(_Strict):
     stop_token_ids: TokenIds | None = None  # extension
     include_stop_str_in_output: bool | None = None  # extension
     skip_special_tokens: bool | None = None  # extension
+    num_speculative_tokens: Annotated[int, Field(ge=0)] | None = None  # extension: 0 turns speculation off
     logit_bias: dict[str, float] | None = None  # accepted only empty: we cannot honour it
     user: str | None = None  # ignored
 
@@ -267,6 +268,7 @@ def to_sampling_params(
             logprobs=logprobs,
             include_stop_str_in_output=bool(request.include_stop_str_in_output),
             skip_special_tokens=request.skip_special_tokens is not False,
+            num_speculative_tokens=request.num_speculative_tokens,
         )
     except UsageError as e:  # a rule of SamplingParams' own that the checks above missed
         raise RequestError(f"{e}.", None, "invalid_value") from None

@@ -34,7 +34,7 @@ class ServerState:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.metrics = ServerMetrics(config.model_name)
+        self.metrics = ServerMetrics(config.model_name, speculative=config.engine.speculative is not None)
         self.status = self.LOADING
         self.error: str | None = None  # why loading failed
         self.engine = None  # AsyncEngine, once ready
@@ -99,6 +99,10 @@ class ServerState:
             "batch": f"{cfg.max_num_seqs} sequences, queue {self.config.max_queue}",
             "load time": f"{time.perf_counter() - start:.1f} s" + _since_start(),
         }
+        if cfg.speculative is not None:
+            spec = cfg.speculative
+            method = spec.method if spec.draft_model is None else f"draft:{spec.draft_model}"
+            self.info["speculative"] = f"{method}, up to {spec.num_speculative_tokens} tokens per step"
         self.engine = AsyncEngine(engine, max_pending=self.config.max_pending).start()
 
     @property
