@@ -14,7 +14,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_PEERS := $(VENV)/.stamp-peers
 export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 
-.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant bench-gguf bench-plan
+.PHONY: install install-dev install-peers test test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant bench-gguf bench-kernels bench-plan bench-spec
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -61,7 +61,7 @@ demo: $(STAMP_RUN)
 	$(VENV)/bin/llmtool bench
 
 # Benchmarks are not tests: each compares against its peer in one run and writes bench/results/.
-bench: bench-engine bench-serve bench-client bench-quant bench-gguf bench-plan
+bench: bench-engine bench-serve bench-client bench-quant bench-gguf bench-plan bench-kernels bench-spec
 
 bench-engine: $(STAMP_DEV)
 	$(PY) -m bench.engine_bench
@@ -81,6 +81,16 @@ bench-client: $(STAMP_PEERS)
 # GGUF conversion vs llama-quantize: time, size and llama-perplexity per type (about 15 min).
 bench-gguf: $(STAMP_PEERS)
 	$(PY) -m bench.gguf_bench
+
+# Kernels: each CPU fast path vs its reference, where a decode step goes, single-stream decode
+# vs llama.cpp (bf16/f16/q8_0/q4_k_m GGUFs, interleaved rounds; ~5 min); on CUDA also the Triton
+# kernels' correctness and bandwidth (bench/kernels_gpu.py).
+bench-kernels: $(STAMP_PEERS)
+	$(PY) -m bench.kernels_bench
+
+# Speculative decoding (prompt lookup) on vs off: single-stream TPOT on two workloads (a few minutes).
+bench-spec: $(STAMP_DEV)
+	$(PY) -m bench.spec_bench
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check cli core kernels tests bench
