@@ -308,7 +308,7 @@ def render(data: dict, args) -> str:
         "# Kernels: CPU fast paths vs references, and single-stream decode vs llama.cpp",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {m['date']}, commit {m['llmtool_commit']}.",
-        "Reproduce: `make bench-kernels`. The CPU is shared with other work: systems run in",
+        "Reproduce: `make bench-kernels`. The CPU may be shared with other work: systems run in",
         f"{args.rounds} interleaved rounds (load average per round in kernels.json); medians below.",
         f"Threads: {args.threads} for both systems.",
         "",
