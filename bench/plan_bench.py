@@ -23,6 +23,7 @@ from bench.common import machine_info, write_results
 from tests.server_process import ServerProcess
 
 WORKLOAD = ("--input-len", "128", "--output-len", "32")
+LOADS = (0.3, 0.55, 0.8)  # of the rate the server sustains with 8 requests in flight
 METRICS = (
     ("output_throughput", "output throughput (tok/s)"),
     ("ttft_p95_ms", "TTFT p95 (ms)"),
@@ -65,19 +66,25 @@ def predicted(pred_json: Path) -> dict:
     }
 
 
-def closing_loop(rates: tuple[float, float, float], num_requests: int, workdir: Path) -> dict:
-    """rates = (low, calibration, high). Returns measured, predicted and ratios per rate."""
+def closing_loop(num_requests: int, workdir: Path, loads: tuple[float, float, float] = LOADS) -> dict:
+    """Bench at three rates, `loads` x the server's measured rate at 8 concurrent requests
+    (low, calibration, high), so the loop means the same on a machine 3x slower. Returns the
+    measured, predicted and ratios per rate."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {"LLMTOOL_CONFIG_DIR": str(workdir / "config")}
     benches = {}
     server = ServerProcess().wait_ready()
     try:
-        # Warm the server first, discarded: its first requests run slower (kernels built for
-        # each new batch shape, caches filling), which no steady-state model predicts.
+        # Warm the server first: its first requests run slower (kernels built for each new batch
+        # shape, caches filling), which no steady-state model predicts. The same run measures
+        # what the server sustains with 8 requests in flight, which sets the rates.
+        warm = workdir / "warmup.json"
         _run(
-            "bench", "--url", server.url, "--tokenizer", "smollm2-135m", *WORKLOAD,
-            "--rate", f"{max(rates):g}", "-n", str(max(20, num_requests // 3)), "--warmup", "0", "--seed", "2",
+            "bench", "--url", server.url, "--tokenizer", "smollm2-135m", *WORKLOAD, "--concurrency", "8",
+            "-n", str(max(24, num_requests // 3)), "--warmup", "0", "--seed", "2", "--json", str(warm),
         )  # fmt: skip
+        sustained = json.loads(warm.read_text())["summary"]["request_throughput"]
+        rates = tuple(round(f * sustained, 2) for f in loads)
         for seed, rate in enumerate(rates, start=10):
             # A seed per run: the same prompts again would hit the prefix cache of the run before.
             out = workdir / f"bench-{rate:g}.json"
@@ -114,6 +121,8 @@ def closing_loop(rates: tuple[float, float, float], num_requests: int, workdir: 
         rows[rate] = {"measured": m, "predicted": p, "ratio": {k: p[k] / m[k] for k in m}}
     calibration = json.loads(cal_json.read_text())
     return {
+        "sustained_rps_at_c8": round(sustained, 3),
+        "loads": list(loads),
         "rates": list(rates),
         "calibration_rate": calib_rate,
         "calibration": calibration,
@@ -131,7 +140,9 @@ def markdown(result: dict, info: dict) -> str:
         "# plan-capacity closing the loop (this CPU, default model)",
         "",
         f"`llmtool serve` (smollm2-135m, bf16, max 64 sequences) measured by `llmtool bench` at "
-        f"{', '.join(f'{r:g}' for r in result['rates'])} req/s (Poisson, 128 prompt / 32 output tokens). "
+        f"{', '.join(f'{r:g}' for r in result['rates'])} req/s (Poisson, 128 prompt / 32 output tokens): "
+        f"{', '.join(f'{x:g}' for x in result['loads'])} x the {result['sustained_rps_at_c8']:g} req/s "
+        "it sustains with 8 requests in flight. "
         f"The `cpu-local` profile is calibrated from the {result['calibration_rate']:g} req/s run only; "
         "the other two rates are predicted by the simulator. "
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; {m['date']}, commit {m['llmtool_commit']}. "
@@ -156,9 +167,8 @@ def markdown(result: dict, info: dict) -> str:
 
 
 def main() -> None:
-    rates = (2.0, 4.0, 6.0)
     with tempfile.TemporaryDirectory() as tmp:
-        result = closing_loop(rates, num_requests=120, workdir=Path(tmp))
+        result = closing_loop(num_requests=120, workdir=Path(tmp))
     info = {"machine": machine_info()}
     write_results("plan", {**info, **result}, markdown(result, info))
     print(markdown(result, info))

@@ -1,6 +1,8 @@
 """Closing the loop on this machine (issue acceptance): calibrate `cpu-local` from a bench run
 of `llmtool serve` on the default model at one rate, predict two other rates, compare with what
-`llmtool bench` measured there: throughput within 20%, TTFT/TPOT p95 within 30%.
+`llmtool bench` measured there: throughput within 20%, TTFT/TPOT p95 within 30%. The rates are
+0.3, 0.55 and 0.8 x what the server sustains with 8 requests in flight (about 1.7, 3, 4.5 req/s here),
+so a slower CI machine runs the same loads, not a saturated server.
 
 The procedure is bench/plan_bench.py's (`make bench-plan`). About 2.5 minutes: one server, a
 warm-up and three bench runs of 120 requests back to back (fewer make the measured p95 itself
@@ -33,7 +35,7 @@ def _misses(result: dict) -> list[str]:
 def test_calibrated_cpu_profile_predicts_other_rates(tmp_path):
     attempts = []
     for attempt in range(2):
-        result = closing_loop((2.0, 4.0, 6.0), num_requests=120, workdir=tmp_path / str(attempt))
+        result = closing_loop(num_requests=120, workdir=tmp_path / str(attempt))
         attempts.append(_misses(result))
         if not attempts[-1]:
             return
