@@ -37,6 +37,14 @@ def plan_capacity(
     rps: Annotated[
         float | None, typer.Option("--rps", help="Requests per second to serve (Poisson).")
     ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option(
+            "--replay",
+            help="Simulate the requests of an `llmtool bench --json` run (send times, token counts) "
+            "instead of Poisson; --rps time-scales it.",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Catalog name, HF config.json or directory, .gguf, or alias."),
@@ -171,6 +179,7 @@ def plan_capacity(
         predict=predict,
         replicas=replicas,
         explain=explain,
+        replay=replay,
     )
     with rich_progress() as progress:
         data = run_plan(args, progress)

@@ -82,8 +82,13 @@ def plans_table(plans: list[dict], title: str) -> Table:
 def print_plan(data: dict, explain: bool) -> None:
     if data.get("mode") == "predict":
         p = data["prediction"]
+        t = data.get("traffic") or {}
+        how = (
+            f" (replaying {t['requests']} requests of {t['source']})" if t.get("arrivals") == "replay" else ""
+        )
         console.print(
-            f"[bold]Prediction[/] for {data['model']} at {data['rps']:g} req/s: {_config(p)}", highlight=False
+            f"[bold]Prediction[/] for {data['model']} at {data['rps']:g} req/s{how}: {_config(p)}",
+            highlight=False,
         )
         console.print(latency_table(p, "Predicted latency"))
         console.print(

@@ -135,6 +135,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         (("--rps", "5", "--model", "llama-3.1-8b", "--slo-preset", "fast"), "unknown SLO preset"),
         (("--rps", "5", "--model", "llama-3.1-8b", "--predict"), "--predict needs"),
         (("--calibrate", str(tmp_path / "missing.json")), "cannot read"),
+        (
+            ("--replay", str(tmp_path / "missing.json"), "--model", "llama-3.1-8b", "--ttft-p95", "500"),
+            "cannot read",
+        ),
         (("--model", "llama-3.1-8b", "--ttft-p95", "500"), "give --rps"),
     ]
     for args, needle in cases:
@@ -188,3 +192,34 @@ def test_calibration_recovers_known_factors_and_predicts_other_rates():
                 metric,
             )
         assert fitted.throughput == pytest.approx(truth.throughput, rel=0.1)
+
+
+def test_predict_replays_a_recorded_bench_run(tmp_path):
+    """--replay simulates the run's own requests (send times, token counts), at its recorded
+    rate or time-scaled to --rps, and measures every one of them as the bench did."""
+    from llmtool.core.capacity.run import PlanArgs, run_plan
+    from llmtool.core.capacity.traffic import from_bench
+
+    smol = model_spec("SmolLM2-135M")
+    bench, _ = _synthetic_bench(5.0, smol)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(bench))
+    pinned = dict(
+        model="SmolLM2-135M", gpus=("L4",), quants=("bf16",), tps=(1,), max_batches=(64,), predict=True
+    )
+    data = run_plan(PlanArgs(rps=None, replay=path, **pinned))
+    trace = from_bench(bench["records"])
+    assert data["traffic"] == {"arrivals": "replay", "source": str(path), "requests": 120}
+    assert data["rps"] == pytest.approx(119 / trace[-1].arrival)
+    assert data["simulation"]["measured_requests"] == 120  # no warm-up share dropped
+    direct = simulate(
+        Replica(smol, gpu("L4"), num_kv_blocks=10**6, max_num_seqs=64, max_num_batched_tokens=2048),
+        trace,
+        warmup_share=0.0,
+    )
+    assert data["prediction"]["latency"]["tpot_ms"]["p95"] == pytest.approx(
+        1000 * direct.percentile("tpot", 95), rel=5e-3
+    )
+    faster = run_plan(PlanArgs(rps=3 * data["rps"], replay=path, **pinned))
+    assert faster["rps"] == pytest.approx(3 * data["rps"])
+    assert faster["prediction"]["latency"]["ttft_ms"]["p95"] > data["prediction"]["latency"]["ttft_ms"]["p95"]

@@ -4,6 +4,8 @@ virtual clock (core/capacity/simulator.py), and its predictions against publishe
 Pure Python, a few seconds. Run with -s to see the predicted-vs-published table.
 """
 
+from dataclasses import replace
+
 import pytest
 
 from llmtool.core.capacity.catalog import gpu, model_spec
@@ -100,9 +102,31 @@ def test_traffic_and_replay_validate_their_input():
         simulate(replica(blocks=4), [SimRequest(0.0, 100, 10)])
 
 
+def test_replayed_run_is_time_scaled_to_a_rate_keeping_its_bursts_and_lengths():
+    trace = [
+        SimRequest(0.0, 100, 10),
+        SimRequest(0.1, 120, 20),
+        SimRequest(0.2, 90, 5),
+        SimRequest(2.0, 300, 7),
+    ]
+    recorded = Traffic.replaying(trace)
+    assert recorded.rate == pytest.approx(1.5)  # 3 gaps over 2 s
+    assert (recorded.input_len, recorded.output_len, recorded.num_requests) == (152, 10, 4)
+    assert recorded.max_len == 307
+    assert requests(recorded) == trace
+    doubled = requests(replace(recorded, rate=3.0))
+    assert [r.arrival for r in doubled] == pytest.approx([0.0, 0.05, 0.1, 1.0])
+    assert [(r.prompt_len, r.output_len) for r in doubled] == [(r.prompt_len, r.output_len) for r in trace]
+    with pytest.raises(UsageError, match="at least two requests"):
+        Traffic.replaying(trace[:1])
+    with pytest.raises(UsageError, match="open loop"):
+        Traffic(concurrency=4, trace=tuple(trace))
+
+
 # Published datapoints (REFERENCE.md, AIConfigurator systems/silicon_sample.csv): closed loop,
-# every client starting at once. Each is simulated with its engine's default step budget:
-# TRT-LLM's max_num_tokens 8192 (no context chunking), vLLM V1's chunked prefill at 2048.
+# every client starting at once, 6 requests per client. Each is simulated with its engine's
+# default scheduling: TRT-LLM's max_num_tokens 8192 without context chunking (a prompt that does
+# not fit beside the step's decodes waits a step), vLLM V1's chunked prefill at 2048.
 DATAPOINTS = [
     # model, gpu, quant, tp, in, out, concurrency, budget, TTFT ms, TPOT ms, check TTFT
     (LLAMA_8B, H100, "bf16", 1, 1024, 128, 8, 8192, 191, 7.9, True),
@@ -116,7 +140,10 @@ DATAPOINTS = [
 def test_published_datapoints_within_25_percent():
     rows = []
     for model, g, quant, tp, n_in, n_out, c, budget, ttft, tpot, check_ttft in DATAPOINTS:
-        rep = replica(model, g, quant, tp, budget, max_num_seqs=256, eff=Efficiency())
+        chunked = budget == 2048  # vLLM V1; the 8192 rows are TRT-LLM's
+        rep = replica(
+            model, g, quant, tp, budget, max_num_seqs=256, eff=Efficiency(), enable_chunked_prefill=chunked
+        )
         reqs = requests(Traffic(input_len=n_in, output_len=n_out, concurrency=c, num_requests=6 * c))
         res = simulate(rep, reqs, concurrency=c)
         got_ttft, got_tpot = 1000 * res.ttft_s.mean(), 1000 * res.tpot_s.mean()

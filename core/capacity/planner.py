@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import LlmtoolError, UsageError
 from .catalog import GPUSpec, ModelShape
 from .memory import MemoryConfig, MemoryPlan, plan_memory
-from .simulator import Replica, SimResult, simulate
+from .simulator import WARMUP_SHARE, Replica, SimResult, simulate
 from .slo import LatencySLO
 from .step_time import Efficiency, StepBatch, step_time
 from .traffic import Traffic, requests
@@ -196,7 +196,10 @@ def replica_for(req: PlanRequest, candidate: Candidate) -> Replica:
 
 def simulate_at(req: PlanRequest, candidate: Candidate, rate: float) -> SimResult:
     traffic = replace(req.traffic, rate=rate, concurrency=None)
-    return simulate(replica_for(req, candidate), requests(traffic))
+    # A replayed run is measured whole, as `llmtool bench` measured it (its warm-up requests
+    # are already left out of the recording); drawn traffic drops the filling-up start.
+    warmup = 0.0 if traffic.trace else WARMUP_SHARE
+    return simulate(replica_for(req, candidate), requests(traffic), warmup_share=warmup)
 
 
 def _candidates(req: PlanRequest, rejected: list[Rejection]):

@@ -6,6 +6,7 @@ hardware profile from a bench run (calibrate.calibrate). Rendering is the CLI's.
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .simulator import Replica
 from .slo import LatencySLO, preset
 from .step_time import Efficiency
 from .summary import memory_dict, plan_dict, result_dict, step_breakdown
-from .traffic import Traffic
+from .traffic import Traffic, from_bench
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class PlanArgs:
     predict: bool = False
     replicas: int = 1
     explain: bool = False
+    replay: Path | None = None  # an `llmtool bench --json` run whose requests are simulated
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ class CalibrateArgs:
 
 
 def run_plan(args: PlanArgs, progress=None) -> dict:
-    if args.rps is None:
-        raise UsageError("give --rps (requests per second to plan for), or --calibrate BENCH.json")
+    if args.rps is None and args.replay is None:
+        raise UsageError(
+            "give --rps (requests per second to plan for), --replay BENCH.json, or --calibrate BENCH.json"
+        )
     if args.model is None:
         raise UsageError(
             "give --model: a catalog name (Llama-3.1-70B), an HF config.json or directory, or an alias"
@@ -76,6 +80,7 @@ def run_plan(args: PlanArgs, progress=None) -> dict:
         return _predict(args, req)
     res = plan(req, progress)
     data = result_dict(res, 0.0)
+    data["traffic"] = _traffic_dict(args, req.traffic)
     if args.explain and res.best is not None:
         data["explain"] = {"steps": step_breakdown(req, res.best), "simulation": _sim_dict(res.best.result)}
     return data
@@ -105,21 +110,12 @@ def _request(args: PlanArgs) -> PlanRequest:
     batches = args.max_batches or (
         (profile_engine["max_num_seqs"],) if "max_num_seqs" in profile_engine else MAX_BATCHES
     )
-    traffic = Traffic(
-        input_len=args.input_len,
-        output_len=args.output_len,
-        length_dist=args.length_dist,
-        len_range=args.len_range,
-        prefix_share=args.prefix_share,
-        rate=args.rps,
-        num_requests=args.num_requests,
-        seed=args.seed,
-    )
+    traffic = _traffic(args)
     prices = {gpus[0].name: args.price} if args.price is not None else {}
     return PlanRequest(
         model=model,
         gpus=gpus,
-        rps=args.rps,
+        rps=traffic.rate,
         traffic=traffic,
         slos=slos,
         quants=quants,
@@ -130,6 +126,24 @@ def _request(args: PlanArgs) -> PlanRequest:
         engine=Engine(max_num_batched_tokens=budget, gpu_memory_utilization=args.gpu_memory_utilization),
         eff=eff,
         prices=prices,
+    )
+
+
+def _traffic(args: PlanArgs) -> Traffic:
+    if args.replay is not None:
+        # The recorded run's own send times and token counts (time-scaled to --rps if given).
+        if args.rps is not None and not (math.isfinite(args.rps) and args.rps > 0):
+            raise UsageError(f"--rps must be a positive number, got {args.rps}")
+        return Traffic.replaying(from_bench(read_bench(args.replay)["records"]), args.rps)
+    return Traffic(
+        input_len=args.input_len,
+        output_len=args.output_len,
+        length_dist=args.length_dist,
+        len_range=args.len_range,
+        prefix_share=args.prefix_share,
+        rate=args.rps,
+        num_requests=args.num_requests,
+        seed=args.seed,
     )
 
 
@@ -151,6 +165,7 @@ def _predict(args: PlanArgs, req: PlanRequest) -> dict:
         "mode": "predict",
         "model": req.model.name,
         "rps": req.rps,
+        "traffic": _traffic_dict(args, req.traffic),
         "slos": {s.name: s.ms for s in req.slos},
         "prediction": plan_dict(p, req),
         "simulation": _sim_dict(p.result),
@@ -158,6 +173,12 @@ def _predict(args: PlanArgs, req: PlanRequest) -> dict:
     }
     data["prediction"]["slos_met"] = all(s.holds(p.result) for s in req.slos)
     return data
+
+
+def _traffic_dict(args: PlanArgs, traffic: Traffic) -> dict:
+    if traffic.trace:
+        return {"arrivals": "replay", "source": str(args.replay), "requests": len(traffic.trace)}
+    return {"arrivals": "poisson", "requests": traffic.num_requests, "seed": traffic.seed}
 
 
 def _sim_dict(r) -> dict:
@@ -174,14 +195,7 @@ def _sim_dict(r) -> dict:
 def run_calibration(args: CalibrateArgs, progress=None) -> dict:
     from .probe import probe_cpu
 
-    try:
-        bench = json.loads(Path(args.bench_path).read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read {args.bench_path}: {e.strerror}") from None
-    except ValueError as e:
-        raise UsageError(f"{args.bench_path} is not JSON from `llmtool bench --json`: {e}") from None
-    if not isinstance(bench, dict) or "records" not in bench:
-        raise UsageError(f"{args.bench_path} holds no 'records': write it with `llmtool bench --json`")
+    bench = read_bench(args.bench_path)
     name = args.model or (bench.get("config") or {}).get("model") or "smollm2-135m"
     model = model_spec(name)
     hardware = probe_cpu(args.profile)
@@ -214,6 +228,19 @@ def run_calibration(args: CalibrateArgs, progress=None) -> dict:
         "simulations": cal.num_simulations,
         "memory": memory_dict_for_cpu(model, hardware),
     }
+
+
+def read_bench(path: Path) -> dict:
+    """The results of an `llmtool bench --json` run, with their per-request records."""
+    try:
+        bench = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"{path} is not JSON from `llmtool bench --json`: {e}") from None
+    if not isinstance(bench, dict) or not isinstance(bench.get("records"), list):
+        raise UsageError(f"{path} holds no 'records': write it with `llmtool bench --json`")
+    return bench
 
 
 def memory_dict_for_cpu(model, hardware) -> dict:

@@ -3,13 +3,14 @@
 Open loop (Poisson arrivals at `rate`) is what a deployment sees and what capacity is
 planned for; closed loop (`concurrency` requests always in flight) is how most published
 benchmarks are run, so the published datapoints are checked in that mode. A recorded
-`llmtool bench --json` run can be replayed request for request (calibration does).
+`llmtool bench --json` run can be replayed request for request (calibration does), or
+time-scaled to another rate: its bursts and lengths kept, its intensity changed.
 
 Not here: running anything. Lengths are token counts only; the simulator makes up ids.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -37,8 +38,26 @@ class Traffic:
     concurrency: int | None = None  # closed loop: requests in flight
     num_requests: int = 400
     seed: int = 0
+    # A recorded run to replay instead of drawing requests: its arrivals are time-scaled to
+    # `rate`, its lengths kept (the fields above then describe it: see `replaying`).
+    trace: tuple[SimRequest, ...] = ()
+
+    @classmethod
+    def replaying(cls, trace: list[SimRequest], rate: float | None = None) -> "Traffic":
+        """Traffic that replays `trace` at `rate` (default: the rate it was recorded at)."""
+        if len(trace) < 2 or trace[-1].arrival <= trace[0].arrival:
+            raise UsageError("a replayed run needs at least two requests sent at different times")
+        return cls(
+            input_len=round(float(np.mean([r.prompt_len for r in trace]))),
+            output_len=round(float(np.mean([r.output_len for r in trace]))),
+            rate=rate or trace_rate(trace),
+            num_requests=len(trace),
+            trace=tuple(trace),
+        )
 
     def __post_init__(self):
+        if self.trace and self.rate is None:
+            raise UsageError("a replayed run is open loop: it needs a rate, not a concurrency")
         if (self.rate is None) == (self.concurrency is None):
             raise UsageError("traffic needs exactly one of a rate (open loop) or a concurrency (closed loop)")
         if self.rate is not None and not (math.isfinite(self.rate) and self.rate > 0):
@@ -59,6 +78,8 @@ class Traffic:
     @property
     def max_len(self) -> int:
         """Longest prompt + output a request may have: what the KV cache must hold for one."""
+        if self.trace:
+            return max(r.prompt_len + r.output_len for r in self.trace)
         if self.length_dist == "uniform":
             grow = 1 + self.len_range
             return math.floor(self.input_len * grow) + math.floor(self.output_len * grow)
@@ -68,6 +89,11 @@ class Traffic:
 
 
 def requests(traffic: Traffic) -> list[SimRequest]:
+    if traffic.trace:
+        # Time-scaled: every gap shrinks or grows by one factor, so the run's bursts stay.
+        scale = trace_rate(traffic.trace) / traffic.rate
+        t0 = traffic.trace[0].arrival
+        return [replace(r, arrival=(r.arrival - t0) * scale) for r in traffic.trace]
     rng = np.random.default_rng(traffic.seed)
     n = traffic.num_requests
     prompts = _lengths(rng, traffic.input_len, n, traffic)
@@ -84,6 +110,11 @@ def requests(traffic: Traffic) -> list[SimRequest]:
     ]
 
 
+def trace_rate(trace: tuple[SimRequest, ...] | list[SimRequest]) -> float:
+    """Requests per second of a recorded run: n - 1 gaps over its span of send times."""
+    return (len(trace) - 1) / (trace[-1].arrival - trace[0].arrival)
+
+
 def from_bench(records: list[dict]) -> list[SimRequest]:
     """Replay the completed requests of an `llmtool bench --json` run: their scheduled send
     times and the token counts the server reported (usage)."""
@@ -97,7 +128,7 @@ def from_bench(records: list[dict]) -> list[SimRequest]:
             continue
         out.append(SimRequest(float(r["scheduled"]), int(prompt), int(output)))
     if not out:
-        raise UsageError("the bench results hold no completed request with token counts to calibrate on")
+        raise UsageError("the bench results hold no completed request with token counts to replay")
     out.sort(key=lambda s: s.arrival)
     t0 = out[0].arrival
     return [SimRequest(s.arrival - t0, s.prompt_len, s.output_len) for s in out]
