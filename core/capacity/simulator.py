@@ -46,6 +46,9 @@ class Replica:
     max_num_batched_tokens: int = 8192
     enable_prefix_caching: bool = True
     eff: Efficiency = Efficiency()
+    # vLLM V1 chunks prompts into the step budget; TRT-LLM by default does not (a prompt
+    # that does not fit beside the step's decodes waits for the next step).
+    enable_chunked_prefill: bool = True
 
 
 @dataclass
@@ -98,11 +101,17 @@ def simulate(
     capacity = replica.num_kv_blocks * replica.block_size
     if max_len > capacity:
         raise UsageError(f"a request of {max_len} tokens does not fit in the KV cache of {capacity} tokens")
+    if not replica.enable_chunked_prefill and replica.max_num_batched_tokens <= max_len:
+        raise UsageError(
+            f"without chunked prefill the step budget ({replica.max_num_batched_tokens} tokens) must hold "
+            f"the longest request ({max_len} tokens)"
+        )
     block_manager = BlockManager(replica.num_kv_blocks, replica.block_size, replica.enable_prefix_caching)
     config = SchedulerConfig(
         max_num_seqs=replica.max_num_seqs,
         max_num_batched_tokens=replica.max_num_batched_tokens,
         max_model_len=max_len + 1,
+        enable_chunked_prefill=replica.enable_chunked_prefill,
     )
     scheduler = Scheduler(config, block_manager)
     order = (
