@@ -2,6 +2,7 @@
 
 import os
 import platform
+import tempfile
 
 import pytest
 import torch
@@ -11,12 +12,20 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The user's own hardware profiles (plan-capacity --calibrate) must not leak into the tests:
+# they would add GPUs to catalog listings and efficiencies to plans. Tests that calibrate set
+# their own LLMTOOL_CONFIG_DIR.
+os.environ["LLMTOOL_CONFIG_DIR"] = tempfile.mkdtemp(prefix="llmtool-test-config-")
+
 
 def _machine_line() -> str:
     """CPU, cores, load and the measured slowdown: read with the timings of a CI log."""
     from tests.machine import slowdown
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        "?",
+    )
     flags = open("/proc/cpuinfo").read()
     features = [f for f in ("avx512_bf16", "amx_bf16", "avx512f", "avx2") if f" {f}" in flags]
     return (
@@ -32,6 +41,7 @@ def pytest_report_header(config):
 
 def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(_machine_line())
+
 
 # A one-layer Llama config.json: resolves as a model directory without writing any weights.
 TINY_LLAMA = {
