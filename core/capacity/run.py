@@ -6,7 +6,6 @@ hardware profile from a bench run (calibrate.calibrate). Rendering is the CLI's.
 """
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,8 +131,6 @@ def _request(args: PlanArgs) -> PlanRequest:
 def _traffic(args: PlanArgs) -> Traffic:
     if args.replay is not None:
         # The recorded run's own send times and token counts (time-scaled to --rps if given).
-        if args.rps is not None and not (math.isfinite(args.rps) and args.rps > 0):
-            raise UsageError(f"--rps must be a positive number, got {args.rps}")
         return Traffic.replaying(from_bench(read_bench(args.replay)["records"]), args.rps)
     return Traffic(
         input_len=args.input_len,

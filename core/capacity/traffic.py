@@ -50,7 +50,7 @@ class Traffic:
         return cls(
             input_len=round(float(np.mean([r.prompt_len for r in trace]))),
             output_len=round(float(np.mean([r.output_len for r in trace]))),
-            rate=rate or trace_rate(trace),
+            rate=trace_rate(trace) if rate is None else rate,  # Traffic checks it
             num_requests=len(trace),
             trace=tuple(trace),
         )
