@@ -16,7 +16,7 @@ bursty enough that the model misses its own 160-request draws (`draw_spread`: th
 percentile; bench/results/plan.md), so that comparison measures the draw as much as the model.
 
 Writes bench/results/plan.{json,md}. The marked test tests/test_capacity_loop.py runs the
-same procedure with fewer requests.
+same procedure (same loads, same NUM_REQUESTS) and asserts the bounds.
 """
 
 import json
@@ -32,9 +32,8 @@ from tests.server_process import ServerProcess
 
 WORKLOAD = ("--input-len", "128", "--output-len", "32")
 # Of the rate the server sustains with 8 requests in flight. The top one stays below 0.8: near
-# saturation a queue multiplies any step-time error by 1/(1 - load), and a shared CI machine
-# whose speed drifts by 10% between runs a minute apart then misses TTFT p95 by 40% (seen once
-# at 0.8 load: 1.42, with every other ratio within 12%).
+# saturation a queue multiplies any step-time error by about 1/(1 - load): at 0.8 a CI run
+# missed TTFT p95 by 1.42 with every other ratio within 12%.
 LOADS = (0.3, 0.55, 0.75)
 NUM_REQUESTS = 160  # per rate: a p95 of 160 requests rests on 8 of them
 METRICS = (
@@ -211,8 +210,7 @@ def markdown(result: dict, info: dict) -> str:
         "the other two rates are predicted by the simulator replaying each run's send times and token "
         "counts (`--replay`); none of their measured latencies is used. The Poisson column is what "
         f"`--rps` predicts from 1000 fresh arrivals, for reference: one {result['num_requests']}-request "
-        "Poisson run is too "
-        "bursty a draw to compare with (see bench/plan_bench.py). "
+        "Poisson run is too bursty a draw to compare with (see bench/plan_bench.py). "
         f"Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}; {m['date']}, commit {m['llmtool_commit']}. "
         "Reproduce: `make bench-plan`.",
         "",
