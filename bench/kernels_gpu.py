@@ -1,5 +1,5 @@
 """GPU kernel check and timing (run by make bench-kernels when CUDA is present; alone:
-`python -m bench.kernels_gpu`). Writes bench/results/kernels_gpu.{json,md}.
+`python -P bench/run.py kernels_gpu`). Writes bench/results/kernels_gpu.{json,md}.
 
 For each Triton kernel at real sizes (the default model's and a Llama-3-8B-sized layer):
 correctness against the torch reference on fresh random inputs, then time with CUDA events

