@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import console, err_console
+from .console import HELP_MARKUP, console, err_console
 from .errors import handle_errors
 from .options import ConfigOpt, DtypeOpt
 from .output import write_json
@@ -19,9 +19,17 @@ ITL = every gap between text chunks, a k-token chunk counting as k gaps of gap/k
 output tokens = the server's usage; throughputs over first dispatch -> last completion;
 goodput = requests/s meeting every per-request SLO."""
 
+EXIT_HELP = """Exit status: 0 when every request completed and every --slo held; 1 when a --slo is
+missed, when more requests failed than --max-error-rate allows (default 0: any failed request,
+e.g. a server that died mid-run), or when interrupted; 2 on a bad flag or input. The --json
+file is written either way, with what finished."""
+
 app = typer.Typer(
+    rich_markup_mode=HELP_MARKUP,
     help="Benchmark a server (--url) or our engine in-process (default: the default model).\n\n"
-    + METRICS_HELP,
+    + METRICS_HELP
+    + "\n\n"
+    + EXIT_HELP,
     invoke_without_command=True,
 )
 
@@ -88,6 +96,17 @@ def run(
         list[str] | None,
         typer.Option("--slo", help="Gate, e.g. ttft_p99_ms=500, tpot_p99_ms=50, error_rate=0.01."),
     ] = None,
+    max_error_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--max-error-rate",
+            min=0.0,
+            max=1.0,
+            show_default=False,
+            help="Share of requests that may fail before the run fails with exit 1 (default 0, or an "
+            "error_rate --slo's bound).",
+        ),
+    ] = None,
     p99: Annotated[bool, typer.Option("--p99", help="Add p99.9 and max columns.")] = False,
     percentiles: Annotated[
         str | None, typer.Option("--percentiles", help="Comma-separated, e.g. 50,90,99,99.9.")
@@ -99,8 +118,19 @@ def run(
         bool, typer.Option("--sweep-stop-on-slo", help="End the sweep at the first step that misses an SLO.")
     ] = False,
     json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write config, summary, environment and every request here.")
+        Path | None,
+        typer.Option(
+            "--json", help="Write config, summary, environment and every request here ('-': stdout)."
+        ),
     ] = None,
+    json_format: Annotated[
+        str,
+        typer.Option(
+            "--json-format",
+            help="llmtool, or vllm: the flat result of `vllm bench serve --save-result --save-detailed` "
+            "(one JSON line per step of a sweep).",
+        ),
+    ] = "llmtool",
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one row per request here.")] = None,
     plot_path: Annotated[
         Path | None, typer.Option("--plot", help="PNG: latency CDFs, or throughput/latency over a sweep.")
@@ -150,10 +180,13 @@ def run(
         timeout=timeout,
         ignore_eos=not no_ignore_eos,
         slos=tuple(slo or ()),
+        max_error_rate=_max_error_rate(max_error_rate, slo or ()),
         percentiles=pcts,
     )
     if endpoint not in ("completions", "chat"):
         raise UsageError(f"--endpoint must be completions or chat, not '{endpoint}'")
+    if json_format not in ("llmtool", "vllm"):
+        raise UsageError(f"--json-format must be llmtool or vllm, not '{json_format}'")
     bench_config.parsed_slos()  # a malformed SLO is a usage error before anything starts
     if plot_path:
         from .bench_plot import _pyplot
@@ -167,11 +200,8 @@ def run(
             progress("requests", done, total or 0)
 
         results = run_sweep(bench_config, loads, report, stop_on_slo=sweep_stop_on_slo)
-    data = (
-        results[0].to_dict() if sweep is None else {"sweep": sweep, "steps": [r.to_dict() for r in results]}
-    )
     if json_path:
-        write_json(json.dumps(data, indent=2), json_path)
+        write_json(_json_text(results, sweep, json_format), json_path)
     if csv_path:
         write_csv(results, csv_path)
     if plot_path:
@@ -188,13 +218,45 @@ def run(
     aborted = any(r.aborted for r in results)
     if aborted:
         err_console.print("[yellow]interrupted: the figures cover the requests that finished[/]")
-    violations = [v for r in results for v in r.violations]
-    for violation in violations:
-        err_console.print(f"[bold red]{violation.message}[/]", highlight=False)
-    if violations or aborted:
+    for result in results:
+        gates = list(result.violations)
+        if result.error_violation is not None:  # says more than an error_rate SLO's own line
+            gates = [v for v in gates if v.slo.metric != "error_rate"] + [result.error_violation]
+        for violation in gates:
+            where = f"{_step(result)}: " if sweep is not None else ""
+            err_console.print(f"[bold red]{where}{violation.message}[/]", highlight=False, soft_wrap=True)
+    if aborted or any(r.failed for r in results):
         raise typer.Exit(1)
     if bench_config.slos:
         console.print(f"[green]all {len(bench_config.slos)} SLOs met[/]")
+
+
+def _max_error_rate(flag: float | None, slos) -> float:
+    """--max-error-rate when given; else an `error_rate` SLO's bound, which already says how many
+    failures the user accepts; else 0: a run with a failed request fails."""
+    if flag is not None:
+        return flag
+    from ..core.bench.slo import parse_slo
+
+    bounds = [s.threshold for s in map(parse_slo, slos) if s.metric == "error_rate" and s.op == "<="]
+    return min(bounds) if bounds else 0.0
+
+
+def _json_text(results, sweep: str | None, json_format: str) -> str:
+    if json_format == "vllm":
+        from ..core.bench.vllm_format import to_vllm
+
+        # vLLM appends one result per line (--append-result); a sweep is several results.
+        lines = [json.dumps(to_vllm(r)) for r in results]
+        return "\n".join(lines) if sweep is not None else json.dumps(to_vllm(results[0]), indent=2)
+    if sweep is None:
+        return json.dumps(results[0].to_dict(), indent=2)
+    return json.dumps({"sweep": sweep, "steps": [r.to_dict() for r in results]}, indent=2)
+
+
+def _step(result) -> str:
+    load = result.config.load
+    return f"concurrency {load.concurrency}" if load.concurrency else f"rate {load.rate}/s"
 
 
 def _title(result) -> str:
@@ -265,25 +327,21 @@ def _percentiles(text: str | None, p99: bool) -> tuple[float, ...]:
     return tuple(int(v) if v == int(v) else v for v in values)
 
 
-@app.command("compare")
+@app.command("compare", short_help="Side by side with ratios B/A: llmtool, vLLM or GuideLLM results.")
 @handle_errors
 def compare(
-    a: Annotated[Path, typer.Argument(help="Baseline result (--json of a run).")],
+    a: Annotated[Path, typer.Argument(help="Baseline result: llmtool, vLLM or GuideLLM JSON.")],
     b: Annotated[Path, typer.Argument(help="Result to compare with it.")],
 ) -> None:
-    """Side by side with ratios B/A (green where B is better).
+    """Side by side with ratios B/A (green where B is better). Reads `llmtool bench --json`
+    (either --json-format), `vllm bench serve --save-result` and `guidellm run --output
+    kind=json` files, telling them apart by their keys; a figure a tool does not state is "-".
 
-    Example: llmtool bench compare before.json after.json
+    Example: llmtool bench compare before.json vllm-result.json
     """
-    from ..core.errors import UsageError
+    from ..core.bench.result_file import read_result
     from .bench_report import compare_table
 
-    summaries = []
-    for path in (a, b):
-        try:
-            summaries.append(json.loads(path.read_text())["summary"])
-        except OSError as e:
-            raise UsageError(f"cannot read {path}: {e.strerror}") from None
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(f"{path} is not a result of llmtool bench --json") from None
-    console.print(compare_table(summaries[0], summaries[1], a.stem, b.stem))
+    files = [read_result(path) for path in (a, b)]
+    names = [f.path.stem + ("" if f.tool == "llmtool" else f" ({f.tool})") for f in files]
+    console.print(compare_table(files[0].summary, files[1].summary, *names))

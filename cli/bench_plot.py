@@ -1,11 +1,10 @@
 """`llmtool bench --plot PATH.png`: latency CDFs of a run, or throughput and latency against
 the swept concurrency or rate. matplotlib is an optional extra (`llmtool[plot]`)."""
 
-import os
-import tempfile
 from pathlib import Path
 
 from ..core.errors import UsageError
+from ..core.files import atomic_path
 
 CDF_METRICS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2e", "E2E"))
 
@@ -29,18 +28,11 @@ def plot_results(results, path: Path, axis: str | None = None) -> None:
         fig = _cdfs(plt, results[0])
     else:
         fig = _sweep(plt, results, axis)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is not
-        os.replace(tmp, path)
+        with atomic_path(Path(path), suffix=Path(path).suffix or ".png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _cdfs(plt, result):

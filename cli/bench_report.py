@@ -1,9 +1,8 @@
 """Rich rendering of a benchmark: the latency table, throughput lines, SLO verdicts, and the
 side-by-side comparison of two result files (`llmtool bench compare`)."""
 
-from rich.table import Table
-
 from .console import console
+from .table import Table
 
 LATENCIES = (
     ("ttft_ms", "TTFT (ms)"),
@@ -125,6 +124,8 @@ def sweep_table(axis: str, summaries: list[dict], results) -> Table:
     for summary, result in zip(summaries, results, strict=True):
         load = result.config.load
         slo = "-" if not result.config.slos else ("[red]missed[/]" if result.violations else "[green]met[/]")
+        if result.error_violation is not None:
+            slo = "[red]errors[/]"
         table.add_row(
             str(load.concurrency if axis == "concurrency" else load.rate),
             _fmt(summary.get("output_throughput")),

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from .console import console, err_console
 from .errors import handle_errors
 from .options import ConfigOpt, JsonOpt
 from .output import write_json
 from .progress import rich_progress
+from .table import Table
 
 _TYPES = "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, q3_k_m, q4_k_s, q4_k_m, q5_k_m"
 

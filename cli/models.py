@@ -8,11 +8,12 @@ import typer
 
 from ..core.data_packages import install_hint
 from ..core.models.aliases import ALIASES, DEFAULT_MODEL, alias_path
-from .console import HELP_MARKUP, Table, console
+from .console import HELP_MARKUP, console
 from .errors import handle_errors
 from .options import ConfigOpt, JsonOpt
 from .output import write_json
 from .progress import rich_progress
+from .table import Table
 
 app = typer.Typer(help="List, inspect and export models.", no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
 

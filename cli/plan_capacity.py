@@ -76,7 +76,11 @@ def plan_capacity(
     slo_preset: Annotated[
         str | None,
         typer.Option(
-            "--slo-preset", help="mlperf-interactive (TTFT p99 450, TPOT p99 40 ms), mlperf-server."
+            "--slo-preset",
+            show_default=False,
+            help="interactive (TTFT p95 500, TPOT p95 50 ms), mlperf-interactive (TTFT p99 450, TPOT p99 "
+            "40 ms) or mlperf-server (TTFT p99 2000, TPOT p99 200 ms); --ttft-p95 etc. add to it. "
+            "Default: interactive, when no SLO flag is given.",
         ),
     ] = None,
     quant: Annotated[
@@ -132,6 +136,9 @@ def plan_capacity(
     """Plan GPUs for a request rate under latency SLOs: memory per TP shard, a roofline step-time
     model, and a simulation that drives llmtool's own scheduler and block manager on a virtual
     clock; then the fewest GPUs (lowest $/hour) over TP x quantization x max batch with 20% headroom.
+
+    Without an SLO flag the plan is held to the 'interactive' preset: TTFT p95 <= 500 ms and
+    TPOT p95 <= 50 ms (the output says so).
 
     Example: llmtool plan-capacity --rps 50 --model llama-3.1-70b --gpu h100-sxm --ttft-p95 500 --tpot-p95 50
     """

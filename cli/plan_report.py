@@ -1,8 +1,7 @@
 """Rich rendering of plan-capacity results (the dicts core.capacity.run returns)."""
 
-from rich.table import Table
-
 from .console import console
+from .table import Table
 
 
 def _f(x, nd: int = 1) -> str:
@@ -79,6 +78,18 @@ def plans_table(plans: list[dict], title: str) -> Table:
     return table
 
 
+def slo_text(data: dict) -> str:
+    """The plan's SLOs and where they came from, e.g. "ttft_p95_ms <= 500, tpot_p95_ms <= 50 (the
+    default, preset 'interactive'; ...)": a default the user did not choose is said to be one."""
+    text = ", ".join(f"{k} <= {v:g}" for k, v in data["slos"].items())
+    source = data.get("slo_source") or {}
+    if source.get("default"):
+        text += f" (the default, preset '{source['preset']}'; set --ttft-p95/--tpot-p95/--e2e-p95 or --slo-preset)"
+    elif source.get("preset"):
+        text += f" (preset '{source['preset']}'{' + flags' if source.get('flags') else ''})"
+    return text
+
+
 def print_plan(data: dict, explain: bool) -> None:
     if data.get("mode") == "predict":
         p = data["prediction"]
@@ -90,6 +101,8 @@ def print_plan(data: dict, explain: bool) -> None:
             f"[bold]Prediction[/] for {data['model']} at {data['rps']:g} req/s{how}: {_config(p)}",
             highlight=False,
         )
+        verdict = "[green]met[/]" if p.get("slos_met") else "[red]missed[/]"
+        console.print(f"SLOs {slo_text(data)}: {verdict}", highlight=False)
         console.print(latency_table(p, "Predicted latency"))
         console.print(
             f"output throughput {_f(p['replica_output_tok_s'] * p['replicas'])} tok/s; "
@@ -98,8 +111,7 @@ def print_plan(data: dict, explain: bool) -> None:
         )
         return
     rec = data["recommendation"]
-    slos = ", ".join(f"{k} <= {v:g}" for k, v in data["slos"].items())
-    head = f"{data['model']} at {data['rps']:g} req/s (+{100 * data['headroom']:.0f}% headroom), SLOs {slos}"
+    head = f"{data['model']} at {data['rps']:g} req/s (+{100 * data['headroom']:.0f}% headroom), SLOs {slo_text(data)}"
     if rec is None:
         console.print(f"[bold red]No configuration meets the SLOs[/] for {head}.", highlight=False)
     else:

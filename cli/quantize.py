@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ..core.errors import UsageError
 from .console import console
@@ -13,6 +12,7 @@ from .errors import handle_errors
 from .options import ConfigOpt, DtypeOpt, JsonOpt
 from .output import write_json
 from .progress import rich_progress
+from .table import Table
 
 
 def _size(nbytes: int) -> str:

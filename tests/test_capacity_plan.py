@@ -131,7 +131,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         (("--rps", "5", "--model", "llama-3.1-8b", "--gpu", "tpu-v9", "--ttft-p95", "500"), "unknown GPU"),
         (("--rps", "5", "--model", "no-such-model", "--ttft-p95", "500"), "unknown model"),
         (("--rps", "5", "--model", "llama-3.1-8b", "--quant", "fp4", "--ttft-p95", "500"), "unknown --quant"),
-        (("--rps", "5", "--model", "llama-3.1-8b"), "give at least one SLO"),
         (("--rps", "5", "--model", "llama-3.1-8b", "--slo-preset", "fast"), "unknown SLO preset"),
         (("--rps", "5", "--model", "llama-3.1-8b", "--predict"), "--predict needs"),
         (("--calibrate", str(tmp_path / "missing.json")), "cannot read"),
@@ -146,6 +145,29 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_no_slo_flag_plans_for_the_interactive_preset_and_says_so():
+    """Without an SLO flag the plan is held to the documented default (TTFT p95 <= 500 ms, TPOT
+    p95 <= 50 ms), not refused; the output and the JSON both name it as the default."""
+    done = run_cli("--rps", "5", "--model", "llama-3.1-8b", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["slos"] == {"ttft_p95_ms": 500, "tpot_p95_ms": 50}
+    assert data["slo_source"] == {"preset": "interactive", "default": True, "flags": []}
+    table = run_cli("--rps", "5", "--model", "llama-3.1-8b")
+    assert table.returncode == 0, table.stderr
+    flat = " ".join(table.stdout.split())
+    assert "ttft_p95_ms <= 500, tpot_p95_ms <= 50 (the default, preset 'interactive'" in flat
+    # A flag replaces the default; a preset is named as such, and flags add to it.
+    own = json.loads(
+        run_cli("--rps", "5", "--model", "llama-3.1-8b", "--ttft-p95", "800", "--json", "-").stdout
+    )
+    assert own["slos"] == {"ttft_p95_ms": 800} and own["slo_source"]["default"] is False
+    both = run_cli("--rps", "5", "--model", "llama-3.1-8b", "--slo-preset", "mlperf-server", "--e2e-p95", "9000",
+                   "--json", "-")  # fmt: skip
+    assert json.loads(both.stdout)["slos"] == {"ttft_p99_ms": 2000, "tpot_p99_ms": 200, "e2e_p95_ms": 9000}
+    assert "interactive (TTFT p95 500, TPOT p95 50 ms)" in " ".join(run_cli("--help").stdout.split())
 
 
 def test_no_configuration_exits_1_with_a_reason():

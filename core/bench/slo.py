@@ -194,3 +194,20 @@ def evaluate(summary: "Summary", slos: Sequence[SLO]) -> list[Violation]:
             msg = f"SLO violated: {slo.name} = {_fmt(value / scale)} {cmp} {slo.threshold / scale:g}"
             violations.append(Violation(slo, value, msg))
     return violations
+
+
+def error_gate(summary: "Summary", max_error_rate: float) -> Violation | None:
+    """Failed requests beyond the tolerated share, as one line; None when within it.
+
+    A benchmark whose server died mid-run still has figures for the requests that finished,
+    but a CI job must not pass on it: by default (max_error_rate 0) one failed request fails
+    the run. The share is of every measured request, failed ones included."""
+    if not summary.num_failed or summary.error_rate is None or summary.error_rate <= max_error_rate:
+        return None
+    kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(summary.errors.items()))
+    message = (
+        f"{summary.num_failed} of {summary.num_total} requests failed ({kinds}): error rate "
+        f"{_fmt(100 * summary.error_rate)}% > {max_error_rate * 100:g}% allowed (--max-error-rate)"
+    )
+    slo = SLO(metric="error_rate", stat=None, op="<=", threshold=max_error_rate, text="--max-error-rate")
+    return Violation(slo, summary.error_rate, message)

@@ -8,12 +8,12 @@ $XDG_CONFIG_HOME/llmtool, else ~/.config/llmtool); `--gpu NAME` finds it there.
 
 import math
 import os
-import tempfile
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UsageError
+from ..files import write_text
 from .catalog import GPUSpec
 from .step_time import Efficiency
 
@@ -73,13 +73,9 @@ def save_profile(name: str, gpu: GPUSpec, eff: Efficiency, engine: dict) -> Path
     if gpu.fp8_flops is not None:
         profiles[name]["fp8_tflops"] = gpu.fp8_flops / 1e12
     path = profiles_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".profiles.")
-    with os.fdopen(fd, "w") as f:
-        f.write("# Hardware profiles written by `llmtool plan-capacity --calibrate`.\n")
-        for key, entry in profiles.items():
-            f.write(_table(key, entry))
-    os.replace(tmp, path)
+    text = "# Hardware profiles written by `llmtool plan-capacity --calibrate`.\n"
+    text += "".join(_table(key, entry) for key, entry in profiles.items())
+    write_text(path, text)
     return path
 
 

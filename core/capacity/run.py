@@ -17,7 +17,7 @@ from .memory import KV_BYTES, WEIGHT_BITS
 from .planner import MAX_BATCHES, QUANTS, TP_DEGREES, Engine, PlanRequest, plan, predict
 from .profiles import efficiency_for, engine_for, save_profile
 from .simulator import Replica
-from .slo import LatencySLO, preset
+from .slo import DEFAULT_PRESET, LatencySLO, preset
 from .step_time import Efficiency
 from .summary import memory_dict, plan_dict, result_dict, step_breakdown
 from .traffic import Traffic, from_bench
@@ -79,6 +79,7 @@ def run_plan(args: PlanArgs, progress=None) -> dict:
         return _predict(args, req)
     res = plan(req, progress)
     data = result_dict(res, 0.0)
+    data["slo_source"] = _slo_source(args)
     data["traffic"] = _traffic_dict(args, req.traffic)
     if args.explain and res.best is not None:
         data["explain"] = {"steps": step_breakdown(req, res.best), "simulation": _sim_dict(res.best.result)}
@@ -145,13 +146,31 @@ def _traffic(args: PlanArgs) -> Traffic:
 
 
 def _slos(args: PlanArgs) -> tuple[LatencySLO, ...]:
+    """The preset's bounds, then the flags'; with neither, the default preset's."""
     slos = list(preset(args.slo_preset)) if args.slo_preset else []
     for metric, ms in (("ttft", args.ttft_p95), ("tpot", args.tpot_p95), ("e2e", args.e2e_p95)):
         if ms is not None:
             if ms <= 0:
                 raise UsageError(f"--{metric}-p95 must be a positive number of milliseconds, got {ms}")
             slos.append(LatencySLO(metric, 95, ms))
-    return tuple(slos)
+    return tuple(slos) or preset(DEFAULT_PRESET)
+
+
+def _slo_source(args: PlanArgs) -> dict:
+    """Where the plan's SLOs came from, so the output can say a default was used."""
+    flags = [
+        f
+        for f, v in (
+            ("--ttft-p95", args.ttft_p95),
+            ("--tpot-p95", args.tpot_p95),
+            ("--e2e-p95", args.e2e_p95),
+        )
+        if v is not None
+    ]
+    if args.slo_preset is None and not flags:
+        return {"preset": DEFAULT_PRESET, "default": True, "flags": []}
+    name = args.slo_preset.strip().lower() if args.slo_preset else None
+    return {"preset": name, "default": False, "flags": flags}
 
 
 def _predict(args: PlanArgs, req: PlanRequest) -> dict:
@@ -164,6 +183,7 @@ def _predict(args: PlanArgs, req: PlanRequest) -> dict:
         "rps": req.rps,
         "traffic": _traffic_dict(args, req.traffic),
         "slos": {s.name: s.ms for s in req.slos},
+        "slo_source": _slo_source(args),
         "prediction": plan_dict(p, req),
         "simulation": _sim_dict(p.result),
         "efficiency": req.eff.__dict__,

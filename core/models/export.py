@@ -6,8 +6,6 @@ directory beside the target and renamed at the end, so a failure leaves nothing 
 """
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import LlmtoolError
+from ..files import atomic_dir
 from ..progress import ProgressFn, no_progress
 from ..runtime import dtype_name, resolve_dtype
 from . import checkpoint
@@ -51,9 +50,9 @@ def export_hf(
     loaded = load_model(source, dtype=torch_dtype, device="cpu", fast_tokenizer=False, progress=progress)
     tokenizer = loaded.require_tokenizer()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    # Built beside out_dir and renamed into place (with the modes mkdir would give): a crash
+    # leaves no half-written checkpoint. out_dir was checked above: empty, or --force.
+    with atomic_dir(out_dir, replace=True) as tmp:
         state = loaded.model.state_dict()
         if loaded.spec.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # transformers re-ties it from the config
@@ -62,12 +61,6 @@ def export_hf(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(loaded), indent=2) + "\n")
         tokenizer.save_pretrained(str(tmp))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     total = sum(f.stat().st_size for f in out_dir.glob("*.safetensors"))
     num_tensors = sum(len(names) for names in shards.values())
     return ExportResult(out_dir, dtype_name(torch_dtype), num_tensors, len(shards), total)

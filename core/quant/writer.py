@@ -8,13 +8,12 @@ Written into a temp directory beside the target and renamed at the end.
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import LlmtoolError
+from ..files import atomic_dir
 from ..models.export import generation_config, write_safetensors
 from ..models.loader import LoadedModel
 from ..models.spec import hf_config_from_spec
@@ -86,22 +85,14 @@ def write_checkpoint(out_dir: Path, loaded: LoadedModel, state: dict, hf: dict, 
     """state: quantized_state(...); hf: hf_config(...)."""
     out_dir = Path(out_dir)
     check_target(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    # Built beside out_dir and renamed into place, with the modes mkdir would give (core/files.py).
+    with atomic_dir(out_dir, replace=True) as tmp:
         write_safetensors(state, tmp)
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(loaded), indent=2) + "\n")
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(str(tmp))
         (tmp / "quant_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        if out_dir.exists():
-            shutil.rmtree(out_dir) if out_dir.is_dir() else out_dir.unlink()
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _linear_names(model: torch.nn.Module) -> list[str]:
