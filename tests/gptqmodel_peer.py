@@ -1,7 +1,7 @@
 """GPTQModel (PyPI `gptqmodel==7.6.*`) as a GPTQ peer for tests and benchmarks: quantize a
 Hugging Face model directory, and compute logits from a GPTQ v1 checkpoint, on CPU.
 
-Each call runs `python -m tests.gptqmodel_peer` in a subprocess: importing gptqmodel patches
+Each call runs this file in a subprocess: importing gptqmodel patches
 transformers and safetensors, starts worker threads and changes env vars, none of which may
 leak into the test process. Arguments and results travel through torch.save files.
 """
@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env() -> dict[str, str]:
@@ -35,9 +33,11 @@ def _run(command: str, request: dict, timeout: float) -> dict:
         request_path, result_path = Path(tmp, "request.pt"), Path(tmp, "result.pt")
         torch.save(request, request_path)
         proc = subprocess.run(
-            [sys.executable, "-m", "tests.gptqmodel_peer", command, str(request_path), str(result_path)],
+            # Run as a file, not `-m tests.gptqmodel_peer`: the repo root must never come first on
+            # sys.path (our kernels/ would shadow the package transformers imports).
+            [sys.executable, "-P", str(Path(__file__).resolve()), command, str(request_path), str(result_path)],
             cwd=tmp,  # gptqmodel writes a logs/ folder into its working directory
-            env=_env() | {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+            env=_env(),
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -213,7 +213,8 @@ class StreamServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "tests.stream_server", str(self.port), json.dumps(asdict(config))]
+        # A file, not `-m tests.stream_server`: nothing we start puts the repo root first on sys.path.
+        args = [sys.executable, "-P", os.path.abspath(__file__), str(self.port), json.dumps(asdict(config))]
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.log = tempfile.TemporaryFile()  # a file, not a pipe: nobody reads it while tests run
         self.proc = subprocess.Popen(args, cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
