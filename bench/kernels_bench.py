@@ -230,7 +230,8 @@ def main() -> None:
         threads = args.threads
     args.threads = threads
     if torch.cuda.is_available():
-        subprocess.run([sys.executable, "-m", "bench.kernels_gpu"], check=False)
+        runner = Path(__file__).resolve().with_name("run.py")  # never `-m bench.*`: see bench/run.py
+        subprocess.run([sys.executable, "-P", str(runner), "kernels_gpu"], check=False)
 
     loaded = load_model(DEFAULT_MODEL, dtype="bf16", device="cpu")
     torch.set_num_threads(threads)  # load_model configures every core again
