@@ -57,7 +57,32 @@ def serve(
         typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable, * for any)."),
     ] = None,
     shutdown_grace: Annotated[
-        float, typer.Option("--shutdown-grace", min=0, help="Seconds in-flight requests get after SIGTERM.")
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            min=0,
+            help="Seconds in-flight requests get after SIGTERM; then streams end with an error event.",
+        ),
+    ] = 30.0,
+    max_body_bytes: Annotated[
+        str,
+        typer.Option(
+            "--max-body-bytes", help="Largest request body, e.g. 16MiB or 1048576; a larger one gets 413."
+        ),
+    ] = "16MiB",
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout", min=0.1, help="Seconds a client gets to send a request's headers (else 408)."
+        ),
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            min=0.1,
+            help="Seconds from a request's headers to the end of its body (else 408).",
+        ),
     ] = 30.0,
     speculative: Annotated[
         str | None,
@@ -99,6 +124,9 @@ def serve(
             _check_draft_vocab(model, spec_config.draft_model)
     elif num_speculative_tokens != 5:
         raise UsageError("--num-speculative-tokens needs --speculative")
+    body_limit = parse_bytes(max_body_bytes)
+    if body_limit < 1024:
+        raise UsageError(f"--max-body-bytes must be at least 1KiB, got '{max_body_bytes}'")
     _setup_logging(level)
     server_config = ServerConfig(
         engine=EngineConfig(
@@ -118,6 +146,9 @@ def serve(
         request_timeout=request_timeout,
         cors_origins=tuple(cors_origin or ()),
         shutdown_grace=shutdown_grace,
+        max_body_bytes=body_limit,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
     )
     run_server(server_config, on_listening=_listening, on_ready=_ready)
     err_console.print("[dim]server stopped[/]")

@@ -17,7 +17,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .chat import create_chat_completion
 from .completions import create_completion
-from .http import error_response, plain_error
+from .cutoff import Cutoff, CutoffMiddleware
+from .http import ClientGone, error_response, plain_error
+from .limits import BodyLimit
 from .metrics import CONTENT_TYPE
 from .protocol import RequestError
 from .state import ServerState
@@ -32,7 +34,11 @@ def create_app(
     state: ServerState,
     on_ready: Callable[[ServerState], None] = lambda s: None,
     on_failure: Callable[[ServerState], None] = lambda s: None,
+    cutoff: Cutoff | None = None,
 ) -> FastAPI:
+    """The app; `cutoff` (run.py's) cuts the requests still running when the shutdown grace
+    period ends."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.start_loading(on_ready, on_failure)  # the port is already bound: /health says 503
@@ -44,8 +50,14 @@ def create_app(
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, error: RequestError) -> JSONResponse:
-        retry = {"Retry-After": str(config.retry_after)} if error.status in (429, 503) else None
-        return error_response(error, retry)
+        headers = {"Retry-After": str(config.retry_after)} if error.status in (429, 503) else {}
+        if getattr(error, "close_connection", False):  # a body left unread (limits.py)
+            headers["Connection"] = "close"
+        return error_response(error, headers or None)
+
+    @app.exception_handler(ClientGone)
+    async def _client_gone(request: Request, error: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -95,7 +107,7 @@ def create_app(
         return {"version": package_version("llmtool")}
 
     # Middleware runs outermost-last-added: access log and metrics see every response, the
-    # 401s and CORS answers included.
+    # 401s, CORS answers, 413s and shutdown cuts included.
     if config.api_key:
         app.add_middleware(ApiKeyCheck, api_key=config.api_key)
     if config.cors_origins:
@@ -105,6 +117,8 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
+    app.add_middleware(CutoffMiddleware, cutoff=cutoff or Cutoff())
     app.add_middleware(AccessLog, state=state)
     return app
 

@@ -16,6 +16,9 @@ class ServerConfig:
     request_timeout: float | None = None  # seconds per request; None: no limit
     cors_origins: tuple[str, ...] = ()
     shutdown_grace: float = 30.0  # seconds in-flight requests get after SIGTERM
+    max_body_bytes: int = 16 * 2**20  # a request body over this is a 413, unread
+    header_timeout: float = 10.0  # seconds a client gets to send a request's headers (else 408)
+    body_timeout: float = 30.0  # seconds from the headers to the end of the body (else 408)
     retry_after: int = 1  # seconds, the Retry-After of a 429 or a 503 while loading
 
     @property

@@ -1,10 +1,12 @@
 """Run the server: bind first, load in the background, stop gracefully on SIGTERM/SIGINT.
 
 SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish for up to
-`shutdown_grace` seconds, cancels what is left, shuts the engine down and returns, so the
-process exits 0; a second signal cuts the grace period short.
+`shutdown_grace` seconds, cuts what is left (a stream ends with an error event, cutoff.py),
+shuts the engine down and returns, so the process exits 0; a second signal cuts the grace
+period short, a third stops waiting for anything.
 """
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -16,6 +18,8 @@ from dataclasses import replace
 
 from ..errors import LlmtoolError
 from .config import ServerConfig
+from .cutoff import Cutoff
+from .limits import h11_protocol
 from .state import ServerState
 
 log = logging.getLogger("llmtool.server")
@@ -63,19 +67,24 @@ def serve(
     def failed(state: ServerState) -> None:
         server.should_exit = True  # the load failed: stop serving, report it below
 
-    app = create_app(state, on_ready=on_ready, on_failure=failed)
+    cutoff = Cutoff()
+    app = create_app(state, on_ready=on_ready, on_failure=failed, cutoff=cutoff)
     server = _Server(
         uvicorn.Config(
             app,
             log_config=None,
             access_log=False,  # AccessLog writes one shorter line
-            timeout_graceful_shutdown=config.shutdown_grace,
+            # uvicorn's own cancellation at its timeout is only the backstop: Cutoff ends the
+            # requests left at `shutdown_grace`, and they get this margin to write their ending.
+            timeout_graceful_shutdown=config.shutdown_grace + _CUT_MARGIN,
             timeout_keep_alive=5,
             lifespan="on",
-            http="h11",
+            http=h11_protocol(config.header_timeout),
             ws="none",
             loop="asyncio",
-        )
+        ),
+        config.shutdown_grace,
+        cutoff,
     )
     on_listening(state)
     try:
@@ -86,14 +95,34 @@ def serve(
         raise LlmtoolError(f"cannot serve {config.engine.model}: {state.error}")
 
 
+_CUT_MARGIN = 5.0  # seconds: cut requests end at once; this only bounds a stuck one
+
+
 class _Server:
     """uvicorn.Server whose signal handlers stop it gracefully and return, instead of
-    re-raising the signal afterwards (which would end the process with 143, not 0)."""
+    re-raising the signal afterwards (which would end the process with 143, not 0), and
+    which cuts the requests still running when the grace period ends."""
 
-    def __new__(cls, config):
+    def __new__(cls, config, grace: float, cutoff: Cutoff):
         import uvicorn
 
         class Server(uvicorn.Server):
+            _loop: asyncio.AbstractEventLoop | None = None
+            _cut_early = False
+
+            async def shutdown(self, sockets=None) -> None:
+                self._loop = asyncio.get_running_loop()
+                timer = self._loop.call_later(grace, self._cut, "the grace period is over")
+                try:
+                    await super().shutdown(sockets)
+                finally:
+                    timer.cancel()
+
+            def _cut(self, why: str) -> None:
+                count = cutoff.cut()
+                if count:
+                    log.warning("%s: cutting %d in-flight request(s)", why, count)
+
             @contextlib.contextmanager
             def capture_signals(self):
                 if threading.current_thread() is not threading.main_thread():
@@ -110,15 +139,15 @@ class _Server:
 
             def handle_exit(self, sig, frame) -> None:
                 name = signal.Signals(sig).name
-                if self.should_exit:
-                    log.warning("%s again: cancelling in-flight requests now", name)
+                if self.should_exit and self._loop is not None and not self._cut_early:
+                    log.warning("%s again: cutting in-flight requests now", name)
+                    self._cut_early = True
+                    self._loop.call_soon_threadsafe(self._cut, f"{name} again")
+                elif self.should_exit:
+                    log.warning("%s again: exiting without waiting", name)
                     self.force_exit = True
                 else:
-                    log.info(
-                        "%s: no new connections; in-flight requests get up to %g s",
-                        name,
-                        self.config.timeout_graceful_shutdown,
-                    )
+                    log.info("%s: no new connections; in-flight requests get up to %g s", name, grace)
                     self.should_exit = True
 
         return Server(config)
