@@ -224,8 +224,8 @@ class BlockManager:
         hashes: list[int] = []
         if not self.enable_prefix_caching:
             return hit_ids, hashes
-        # At most num_tokens - 1 tokens from the cache: the last one must run to give logits.
-        for index in range((seq.num_tokens - 1) // self._block_size):
+        # The last token must run to give logits, and so must positions owed prompt logprobs.
+        for index in range(seq.max_prefix_cache_tokens // self._block_size):
             token_ids = tuple(seq.block_tokens(index, self._block_size))
             block_hash = chain_hash(hashes[-1] if hashes else None, token_ids)
             block_id = self._hash_to_block.get(block_hash)

@@ -61,6 +61,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     seed: int = 0  # seeds the per-request generators of unseeded requests
     speculative: SpeculativeConfig | None = None  # None: one token per decode step, as always
+    fp32_logits: bool = True  # False: logits keep the model dtype's rounding (benchmarks compare the two)
 
 
 def default_kv_cache_bytes(device: torch.device) -> int:

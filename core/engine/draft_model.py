@@ -11,7 +11,7 @@ draft's own distribution at the request's temperature and filters, which verific
 needs as q. Not here: acceptance (rejection.py) or when to draft (SpecDecoder).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -33,7 +33,8 @@ class _Shadow:
 
 class DraftModelDrafter:
     def __init__(self, draft: LoadedModel, num_blocks: int, block_size: int, seed: int = 0):
-        self.runner = ModelRunner(draft.model, num_blocks, block_size)
+        # Its logits only propose: the model's own rounding does, and saves the fp32 head's cost.
+        self.runner = ModelRunner(draft.model, num_blocks, block_size, fp32_logits=False)
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         self.vocab_size = draft.spec.vocab_size
         self._seed = seed
@@ -58,7 +59,7 @@ class DraftModelDrafter:
         # Step 0 computes every uncomputed token (a catch-up chunk); later steps one draft each.
         while active:
             out = SchedulerOutput([ScheduledSeq(s.seq, s.seq.num_uncomputed_tokens) for _, s in active])
-            logits = self.runner.run(out)  # [B, V]
+            logits = self.runner.run(out).logits  # [B, V]
             for (seq, shadow), row in zip(active, logits, strict=True):
                 shadow.seq.num_computed_tokens = shadow.seq.num_tokens
                 token, probs = self._choose(seq, shadow, row)
@@ -79,7 +80,7 @@ class DraftModelDrafter:
         shadow = self._shadows.get(seq.seq_id)
         bm = self.block_manager
         if shadow is None:
-            params = seq.params
+            params = replace(seq.params, prompt_logprobs=None)  # the draft scores no prompt
             generator = torch.Generator().manual_seed(((params.seed or 0) + self._seed + seq.seq_id) % 2**63)
             shadow = _Shadow(Sequence(seq.request_id, seq.token_ids, params), generator)
             if not bm.can_allocate(shadow.seq):

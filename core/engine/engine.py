@@ -21,6 +21,7 @@ from .config import EngineConfig, default_kv_cache_bytes
 from .detokenizer import Detokenizer
 from .drafter import build_drafter
 from .model_runner import ModelRunner
+from .prompt_logprobs import score_prompts
 from .sampler import Sampler, TokenLogprobs
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerConfig
@@ -43,6 +44,8 @@ class RequestOutput:
     num_output_tokens: int
     num_cached_tokens: int
     new_logprobs: list[TokenLogprobs] | None = None
+    # On the first delta of a request that asked for them: one per prompt token, None for the first.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
     error: str | None = None  # why, when finish_reason is "error"
 
 
@@ -59,6 +62,7 @@ class Completion:
     ttft: float  # seconds from arrival to first token
     token_times: list[float] = field(default_factory=list)  # engine clock, one per token
     logprobs: list[TokenLogprobs] | None = None
+    prompt_logprobs: list[TokenLogprobs | None] | None = None  # None for the first prompt token
     error: str | None = None  # why, when finish_reason is "error"
 
 
@@ -123,7 +127,7 @@ class Engine:
             ),
             self.block_manager,
         )
-        self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size)
+        self.runner = ModelRunner(self.loaded.model, num_blocks, config.block_size, config.fp32_logits)
         self.sampler = Sampler(spec.vocab_size, seed=config.seed)
         self.spec: SpecDecoder | None = None
         if config.speculative is not None:
@@ -133,6 +137,7 @@ class Engine:
         self._seqs: dict[str, Sequence] = {}
         self._detok: dict[int, Detokenizer] = {}
         self._logprobs: dict[int, list[TokenLogprobs]] = {}
+        self._prompt_logprobs: dict[int, list[TokenLogprobs | None]] = {}
 
     @property
     def max_model_len(self) -> int:
@@ -149,6 +154,8 @@ class Engine:
         vocab = self.loaded.spec.vocab_size
         if not all(0 <= t < vocab for t in ids):  # else the embedding lookup fails mid-step, for everyone
             raise UsageError(f"prompt token ids must be in [0, {vocab})")
+        if not all(t < vocab for t, _ in params.logit_bias):
+            raise UsageError(f"logit_bias token ids must be in [0, {vocab})")
         if len(ids) >= self.max_model_len:
             raise UsageError(
                 f"the prompt has {len(ids)} tokens; this engine's limit is {self.max_model_len - 1}"
@@ -156,6 +163,8 @@ class Engine:
         seq = Sequence(request_id, ids, params, self.clock(), self.eos_token_ids)
         self.scheduler.add(seq)
         self._seqs[request_id] = seq
+        if params.prompt_logprobs is not None:
+            self._prompt_logprobs[seq.seq_id] = [None]  # the first token has no context to score it
         if self.tokenizer is not None:
             self._detok[seq.seq_id] = Detokenizer(self.tokenizer, ids, params)
         return seq
@@ -187,10 +196,13 @@ class Engine:
             if entry.seq.timing.first_scheduled is None:
                 entry.seq.timing.first_scheduled = now
         try:
-            logits = self.runner.run(out)  # [S, V]
+            forward = self.runner.run(out)
+            if forward.prompt_hidden is not None:
+                score_prompts(out, forward.prompt_hidden, self.runner.head, self._prompt_logprobs)
         except Exception as e:  # we cannot tell whose input broke it: the batch fails, not the engine
             log.exception("a forward pass failed; its %d requests end with an error", len(out.scheduled))
             return [self._fail(entry.seq, f"the forward pass failed: {e!r}") for entry in out.scheduled]
+        logits = forward.logits  # [S, V]
         verifying = [e for e in out.scheduled if e.draft_token_ids]
         sampling = [e.seq for e in out.scheduled if e.samples and not e.draft_token_ids]
         plain_logits, spec_logits = split_logit_rows(out, logits) if verifying else (logits, None)
@@ -296,10 +308,13 @@ class Engine:
         if seq.is_finished:
             t.finished = now
             self._release_streams(seq.seq_id)
-        return self._output(seq, tokens, text, logprobs)
+        is_first = num_before == seq.num_prompt_tokens
+        return self._output(
+            seq, tokens, text, logprobs, self._prompt_logprobs.get(seq.seq_id) if is_first else None
+        )
 
     @staticmethod
-    def _output(seq: Sequence, tokens: list[int], text: str, logprobs) -> RequestOutput:
+    def _output(seq: Sequence, tokens: list[int], text: str, logprobs, prompt_logprobs=None) -> RequestOutput:
         return RequestOutput(
             request_id=seq.request_id,
             new_token_ids=tokens,
@@ -310,6 +325,7 @@ class Engine:
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
             new_logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             error=seq.error,
         )
 
@@ -328,6 +344,7 @@ class Engine:
             ttft=(t.first_token - t.arrival) if t.first_token is not None else float("nan"),
             token_times=list(t.token_times),
             logprobs=self._logprobs.get(seq.seq_id),
+            prompt_logprobs=self._prompt_logprobs.get(seq.seq_id),
             error=seq.error,
         )
         self._forget(seq)
@@ -337,6 +354,7 @@ class Engine:
         self._seqs.pop(seq.request_id, None)
         self._detok.pop(seq.seq_id, None)
         self._logprobs.pop(seq.seq_id, None)
+        self._prompt_logprobs.pop(seq.seq_id, None)
         self._release_streams(seq.seq_id)
 
     def generate(

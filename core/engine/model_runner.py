@@ -3,17 +3,29 @@
 The cache is one preallocated tensor [layers, 2, num_blocks, block_size, Hk, D]; a step
 writes each new token's K/V to its slot and attention reads keys through block tables
 (kernels.paged_attention). Only the rows that sample produce logits: a decode's last row, or
-every row of an entry verifying k drafted tokens (k + 1 rows, its last token then the drafts).
+every row of an entry verifying k drafted tokens (k + 1 rows, its last token then the drafts),
+always in fp32 (LogitsHead). Rows whose logits score prompt tokens (prompt_logprobs) come back
+as hidden states, for the engine to score a slice at a time.
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ...kernels import PagedAttentionPlan, paged_attention, plan_paged_attention, write_kv
 from ..models.llama import LlamaForCausalLM
+from .logits_head import LogitsHead, head_weight
 from .scheduler import SchedulerOutput
+
+
+@dataclass
+class ForwardOutput:
+    logits: torch.Tensor  # [S, V] fp32: entry.num_logit_rows rows per entry, in scheduled order
+    prompt_hidden: (
+        torch.Tensor | None
+    )  # [R, h]: len(entry.prompt_logprob_positions) rows per entry; None if R = 0
 
 
 class PagedContext:
@@ -43,9 +55,11 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int):
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, fp32_logits: bool = True):
         spec = model.spec
+        weight = head_weight(model)  # before prepare_for_inference packs it
         self.model = model.prepare_for_inference()
+        self.head = LogitsHead(self.model, weight, fp32_logits)
         self.block_size = block_size
         self.num_blocks = num_blocks
         shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
@@ -54,9 +68,8 @@ class ModelRunner:
         self.scale = spec.head_dim**-0.5
 
     @torch.inference_mode()
-    def run(self, out: SchedulerOutput) -> torch.Tensor:
-        """Forward the step; returns fp32 logits [num_sampling_rows, V] in scheduled order
-        (entry.num_logit_rows rows per entry)."""
+    def run(self, out: SchedulerOutput) -> ForwardOutput:
+        """Forward the step: the sampling rows' fp32 logits and the prompt-scoring rows' hidden states."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -64,6 +77,7 @@ class ModelRunner:
         cu_seqlens_q = [0]
         seq_lens: list[int] = []
         sample_rows: list[int] = []
+        prompt_rows: list[int] = []
         for entry in out.scheduled:
             seq, start, n = entry.seq, entry.start, entry.num_new_tokens
             input_ids += entry.input_token_ids()
@@ -74,6 +88,7 @@ class ModelRunner:
             seq_lens.append(start + n)
             end = cu_seqlens_q[-1]
             sample_rows += range(end - entry.num_logit_rows, end)
+            prompt_rows += (cu_seqlens_q[-2] + p - start for p in entry.prompt_logprob_positions)
         device = self.model.device
         width = max(len(e.seq.block_table) for e in out.scheduled)
         tables = [e.seq.block_table + [0] * (width - len(e.seq.block_table)) for e in out.scheduled]
@@ -90,9 +105,11 @@ class ModelRunner:
         ids = torch.tensor(input_ids, dtype=torch.long, device=device)  # [N]
         pos = torch.tensor(positions, dtype=torch.long, device=device)  # [N]
         hidden = self.model(ids, pos, ctx)  # [N, h]
-        if not sample_rows:
-            return hidden.new_empty(0, self.model.spec.vocab_size, dtype=torch.float32)
-        return self.model.compute_logits(hidden[sample_rows])  # [S, V]
+        if sample_rows:
+            logits = self.head(hidden[sample_rows])  # [S, V]
+        else:
+            logits = hidden.new_empty(0, self.model.spec.vocab_size, dtype=torch.float32)
+        return ForwardOutput(logits, hidden[prompt_rows] if prompt_rows else None)
 
     def wipe_blocks(self, block_ids: list[int]) -> None:
         """Zero blocks whose K/V may be garbage (a failed request's): reads of masked slots

@@ -1,8 +1,8 @@
 """Sampler: picks each sequence's next token from one step's fp32 logits.
 
-Processing follows vLLM: penalties and min_tokens on the raw logits, then temperature
-(0 is greedy: argmax of the penalised logits), then min_p, top_k, top_p, then a draw.
-Logprobs come from the raw logits, as vLLM reports them by default.
+Processing follows vLLM: logit_bias, min_tokens and penalties on the raw logits, then
+temperature (0 is greedy: argmax of the processed logits), then min_p, top_k, top_p, then a
+draw. Logprobs come from the raw logits (before logit_bias too), as vLLM reports them by default.
 
 Each sequence owns a CPU torch.Generator, kept across steps (so preemption does not
 change its stream), and every sampled token takes exactly one draw of V exponentials
@@ -30,6 +30,7 @@ _NUM_CANDIDATES = 256
 class TokenLogprobs:
     logprob: float  # the chosen token's log-probability under the raw logits
     top: list[tuple[int, float]]  # the k most likely (token id, logprob), descending
+    rank: int | None = None  # tokens at least as likely, itself included (prompt logprobs only)
 
 
 @dataclass
@@ -54,8 +55,9 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(seqs)} x {self.vocab_size}")
         logits = logits.float()  # no copy when already fp32; bf16 would break the in-place steps
         processed = logits
-        if any(_has_penalty(s) or _masks_stop_ids(s) for s in seqs):
+        if any(_has_penalty(s) or _masks_stop_ids(s) or s.params.logit_bias for s in seqs):
             processed = logits.clone()
+            apply_logit_bias(processed, seqs)
             apply_penalties(processed, seqs)
             apply_min_tokens(processed, seqs)
         token_ids = self._choose(processed, seqs)  # [B]
@@ -167,6 +169,19 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
         frequency = torch.tensor([s.params.frequency_penalty for s in seqs], device=device)[rows]  # [n]
         presence = torch.tensor([s.params.presence_penalty for s in seqs], device=device)[rows]  # [n]
         logits[rows, ids] -= frequency * counts + presence
+
+
+def apply_logit_bias(logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    """In place: each row's (token id, bias) pairs added to its logits (OpenAI's logit_bias)."""
+    pairs = [(row, token, bias) for row, s in enumerate(seqs) for token, bias in s.params.logit_bias]
+    if pairs:
+        rows, ids, biases = zip(*pairs, strict=True)
+        device = logits.device
+        logits.index_put_(
+            (torch.tensor(rows, device=device), torch.tensor(ids, device=device)),
+            torch.tensor(biases, dtype=logits.dtype, device=device),
+            accumulate=True,
+        )
 
 
 def apply_min_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> None:

@@ -21,6 +21,10 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # extra ids that end generation (kept in token ids)
     ignore_eos: bool = False  # keep generating through EOS (benchmarks)
     logprobs: int | None = None  # None: none; k >= 0: the sampled token's logprob plus top-k alternatives
+    prompt_logprobs: int | None = (
+        None  # None: none; k >= 0: each prompt token's logprob (after the first) plus top-k
+    )
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) added before sampling
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     num_speculative_tokens: int | None = None  # None: the engine's setting; 0: no speculation; k: at most k
@@ -37,6 +41,14 @@ class SamplingParams:
             (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be between 0 and 20"),
+            (
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                "prompt_logprobs must be between 0 and 20",
+            ),
+            (
+                all(t >= 0 and -100 <= b <= 100 for t, b in self.logit_bias),
+                "logit_bias maps token ids >= 0 to biases in [-100, 100]",
+            ),
             (all(self.stop), "stop strings must not be empty"),
             (
                 self.num_speculative_tokens is None or self.num_speculative_tokens >= 0,

@@ -63,6 +63,16 @@ class ScheduledSeq:
         """Rows of logits this entry needs: one per verified position, none for a partial prefill."""
         return 1 + len(self.draft_token_ids) if self.samples else 0
 
+    @property
+    def prompt_logprob_positions(self) -> range:
+        """Positions of this chunk whose logits score the next prompt token (prompt_logprobs),
+        minus those scored before a preemption; the last prompt position's logits sample."""
+        seq = self.seq
+        if not seq.needs_prompt_logits:
+            return range(0)
+        lo = max(self.start, seq.num_prompt_logprobs)
+        return range(lo, max(lo, min(self.start + self.num_new_tokens, seq.num_prompt_tokens - 1)))
+
     def input_token_ids(self) -> list[int]:
         """The tokens this step computes: the sequence's, then any drafts."""
         ids = self.seq.token_ids[self.start : self.start + self.num_new_tokens]

@@ -61,6 +61,10 @@ class Sequence:
         self.error: str | None = None  # why it failed, with FinishReason.ERROR
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
+        # Prompt positions whose logits have scored the next prompt token (prompt_logprobs):
+        # positions [0, n) gave the logprobs of tokens 1..n. Kept across preemption, so a
+        # recompute scores each token once.
+        self.num_prompt_logprobs = 0
         self.block_table: list[int] = []  # physical block ids, in token order
         self.num_preemptions = 0
         self.timing = Timing(arrival=arrival_time)
@@ -99,6 +103,20 @@ class Sequence:
     def is_prefilling(self) -> bool:
         """More than the last token still lacks K/V (a prompt, or a recompute after preemption)."""
         return self.num_uncomputed_tokens > 1
+
+    @property
+    def needs_prompt_logits(self) -> bool:
+        """prompt_logprobs were asked for and some prompt token is not scored yet."""
+        return (
+            self.params.prompt_logprobs is not None and self.num_prompt_logprobs < self.num_prompt_tokens - 1
+        )
+
+    @property
+    def max_prefix_cache_tokens(self) -> int:
+        """Most leading tokens the prefix cache may supply. Cached K/V come without logits, so a
+        sequence still owed prompt logprobs computes every position they need (as vLLM, which
+        skips the cache for such requests); the last token always runs, to give logits."""
+        return self.num_prompt_logprobs if self.needs_prompt_logits else self.num_tokens - 1
 
     @property
     def is_finished(self) -> bool:

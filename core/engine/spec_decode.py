@@ -14,8 +14,9 @@ and then probes again from the prior: text that stopped copying costs almost not
 that starts copying again is found. A prompt-lookup miss proposes nothing and costs nothing.
 
 Which requests speculate: every one unless it asks for num_speculative_tokens=0, except
-while penalties apply (they depend on each drafted token before it) or min_tokens still
-masks EOS; those decode one token per step as before.
+while penalties apply (they depend on each drafted token before it), min_tokens still
+masks EOS, or a logit_bias is set (verification does not apply it); those decode one token
+per step as before.
 """
 
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class SpecDecoder:
 
     def _max_k(self, seq: Sequence) -> int:
         p = seq.params
-        if _has_penalty(seq) or seq.num_output_tokens < p.min_tokens:
+        if _has_penalty(seq) or seq.num_output_tokens < p.min_tokens or p.logit_bias:
             return 0
         k = self.config.num_speculative_tokens
         return k if p.num_speculative_tokens is None else min(k, p.num_speculative_tokens)

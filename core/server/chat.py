@@ -20,10 +20,12 @@ from .serving import (
     stream_events,
 )
 from .state import ServerState
+from .token_text import prompt_logprobs_body
 
 
-async def render_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
-    """The messages through the model's chat template, tokenized as the template wrote them."""
+async def render_prompt(tokenizer, body: ChatCompletionRequest, max_chars: int = 0) -> list[int]:
+    """The messages through the model's chat template, tokenized as the template wrote them
+    (a text over `max_chars` characters is refused untokenized: serving.encode)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise RequestError(
             "This model has no chat template; use /v1/completions.", "messages", "no_chat_template"
@@ -34,7 +36,7 @@ async def render_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
         )
     except Exception as e:  # the template's own raise_exception (e.g. roles out of order)
         raise RequestError(f"The chat template rejected the messages: {e}", "messages") from None
-    return await encode(tokenizer, text, add_special_tokens=False)
+    return await encode(tokenizer, text, add_special_tokens=False, max_chars=max_chars, param="messages")
 
 
 async def create_chat_completion(state: ServerState, request: Request) -> Response:
@@ -42,7 +44,7 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
     body = await parse_body(request, ChatCompletionRequest)
     check_model(state, body.model)
     check_ready(state)
-    prompts = [await render_prompt(state.tokenizer, body)]
+    prompts = [await render_prompt(state.tokenizer, body, state.max_prompt_chars)]
     params = prompt_params(state, body, prompts)
     generation = await admit(state, prompts, params, body.n or 1, "chatcmpl", start)
     meta = ResponseMeta.new(state.config.model_name, is_chat=True)
@@ -68,7 +70,12 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
             )
             for c in choices
         ]
-        return JSONResponse(chat_response(meta, out, request_usage(prompts, choices)))
+        response = chat_response(meta, out, request_usage(prompts, choices))
+        if choices[0].prompt_logprobs is not None:  # vLLM's extension, beside the choices
+            response["prompt_logprobs"] = prompt_logprobs_body(
+                prompts[0], choices[0].prompt_logprobs, text_of
+            )
+        return JSONResponse(response)
 
     include_usage = body.include_usage
     opened: set[int] = set()

@@ -31,6 +31,7 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     logprobs: list = field(default_factory=list)  # TokenLogprobs per token, when asked for
+    prompt_logprobs: list | None = None  # per prompt token (None first), when asked for
     finish_reason: str | None = None
     error: str | None = None
     num_prompt_tokens: int = 0
@@ -42,6 +43,8 @@ class Choice:
         self.text += out.new_text
         if out.new_logprobs:
             self.logprobs += out.new_logprobs
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         self.token_times += [now] * len(out.new_token_ids)
         self.num_prompt_tokens = out.num_prompt_tokens
         self.num_cached_tokens = out.num_cached_tokens

@@ -57,14 +57,23 @@ def from_validation_error(error: ValidationError) -> RequestError:
     else:
         code = "invalid_type" if kind.endswith("_type") or kind == "is_instance_of" else "invalid_value"
         what = "type" if code == "invalid_type" else "value"
-        got = repr(first.get("input"))
-        shown = f" (got {got})" if len(got) <= 40 else ""
+        got = _short_repr(first.get("input"))
+        shown = f" (got {got})" if got is not None else ""
         target = f"'{param}'" if param else "the request body"
         message = f"Invalid {what} for {target}: {first['msg']}{shown}."
     more = error.error_count() - 1
     if more:
         message += f" ({more} more error{'s' if more > 1 else ''})"
     return RequestError(message, param, code)
+
+
+def _short_repr(value: Any, limit: int = 40) -> str | None:
+    """repr(value) when it is at most `limit` characters; a long string or list is not
+    rendered in full only to be dropped (a body may hold megabytes of them)."""
+    if isinstance(value, str | bytes | list | dict) and len(value) > limit:
+        return None
+    got = repr(value)
+    return got if len(got) <= limit else None
 
 
 def _param(loc: tuple) -> str | None:
@@ -127,7 +136,8 @@ class _SamplingFields(_Strict):
     include_stop_str_in_output: bool | None = None  # extension
     skip_special_tokens: bool | None = None  # extension
     num_speculative_tokens: Annotated[int, Field(ge=0)] | None = None  # extension: 0 turns speculation off
-    logit_bias: dict[str, float] | None = None  # accepted only empty: we cannot honour it
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    prompt_logprobs: Annotated[int, Field(ge=0, le=_MAX_LOGPROBS)] | None = None  # extension (vLLM): top-k
     user: str | None = None  # ignored
 
     @property
@@ -231,6 +241,8 @@ def to_sampling_params(
         max_param, max_tokens = "max_completion_tokens", request.max_completion_tokens
     if max_tokens is None:
         max_tokens = max_model_len - prompt_len
+    elif max_tokens == 0 and echo_only(request):
+        max_tokens = 1  # the prompt alone is scored: one token is generated and dropped, as vLLM does
     elif max_tokens < 1:
         raise RequestError(f"{max_param} must be at least 1, got {max_tokens}.", max_param, "invalid_value")
     elif prompt_len + max_tokens > max_model_len:
@@ -250,6 +262,10 @@ def to_sampling_params(
         logprobs = (request.top_logprobs or 0) if request.logprobs else None
     else:
         logprobs = request.logprobs
+    prompt_logprobs = request.prompt_logprobs
+    if prompt_logprobs is None and not is_chat and request.echo and logprobs is not None:
+        prompt_logprobs = logprobs  # the echoed prompt's tokens carry logprobs too
+    logit_bias = _logit_bias(request.logit_bias)
     try:
         return SamplingParams(
             max_tokens=max_tokens,
@@ -269,6 +285,8 @@ def to_sampling_params(
             include_stop_str_in_output=bool(request.include_stop_str_in_output),
             skip_special_tokens=request.skip_special_tokens is not False,
             num_speculative_tokens=request.num_speculative_tokens,
+            prompt_logprobs=prompt_logprobs,
+            logit_bias=logit_bias,
         )
     except UsageError as e:  # a rule of SamplingParams' own that the checks above missed
         raise RequestError(f"{e}.", None, "invalid_value") from None
@@ -296,18 +314,44 @@ def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
+def echo_only(request: CompletionRequest | ChatCompletionRequest) -> bool:
+    """A completion with echo and max_tokens 0: the prompt comes back (with its logprobs), alone."""
+    return isinstance(request, CompletionRequest) and bool(request.echo) and request.max_tokens == 0
+
+
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's map of token ids (JSON keys, so strings) to biases; the vocabulary bound is the
+    server's check (check_token_ids)."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            token_id = -1
+        if token_id < 0:
+            raise RequestError(
+                f"Invalid key {key!r} in 'logit_bias': keys are token ids.", "logit_bias", "invalid_value"
+            )
+        if not -100 <= value <= 100:
+            raise RequestError(
+                f"Invalid value {value} for token {key} in 'logit_bias': biases are in [-100, 100].",
+                "logit_bias",
+                "invalid_value",
+            )
+        pairs.append((token_id, float(value)))
+    return tuple(pairs)
+
+
 def _check_unsupported(request: CompletionRequest | ChatCompletionRequest) -> None:
-    if request.logit_bias:
-        raise RequestError("logit_bias is not supported.", "logit_bias", "unsupported_parameter")
+    if request.prompt_logprobs is not None and request.stream:
+        raise RequestError(
+            "prompt_logprobs are not available when stream is true.", "prompt_logprobs", "unsupported_value"
+        )
     if isinstance(request, CompletionRequest):
         if request.suffix:
             raise RequestError("suffix is not supported.", "suffix", "unsupported_parameter")
         if request.best_of is not None and request.best_of != (request.n or 1):
             raise RequestError("best_of is supported only equal to n.", "best_of", "unsupported_value")
-        if request.echo and request.logprobs is not None:
-            raise RequestError(
-                "echo with logprobs is not supported (no prompt logprobs).", "echo", "unsupported_value"
-            )
         return
     if request.tools:
         raise RequestError("tools are not supported.", "tools", "unsupported_parameter")

@@ -11,6 +11,7 @@ from ..engine.async_engine import EngineDeadError, QueueFullError
 from ..engine.sampling_params import SamplingParams
 from ..errors import UsageError
 from .generation import Choice, Generation, GenerationTimeout
+from .prompt_limit import check_prompt_chars
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -46,10 +47,13 @@ def prompt_params(
     """SamplingParams per prompt (each one's length bounds max_tokens), or RequestError."""
     param = "messages" if isinstance(request, ChatCompletionRequest) else "prompt"
     for ids in prompts:
-        check_token_ids(ids, state.vocab_size, param)
-    return [
+        if len(ids) < state.max_model_len:  # a longer one is refused below, without a look at each id
+            check_token_ids(ids, state.vocab_size, param)
+    params = [
         to_sampling_params(request, max_model_len=state.max_model_len, prompt_len=len(ids)) for ids in prompts
     ]
+    check_token_ids([t for t, _ in params[0].logit_bias], state.vocab_size, "logit_bias")
+    return params
 
 
 async def admit(
@@ -138,12 +142,23 @@ async def stream_events(
 _INLINE_TEXT = 16384  # characters: shorter prompts tokenize in well under a millisecond
 
 
-async def encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+async def encode(
+    tokenizer, text: str, add_special_tokens: bool = True, max_chars: int = 0, param: str = "prompt"
+) -> list[int]:
     """Tokenize on the event loop when it is quick; a long prompt goes to a worker thread so
-    it does not stall every other stream's chunks (the Rust tokenizer releases the GIL)."""
+    it does not stall every other stream's chunks (the Rust tokenizer releases the GIL). A
+    text of more than `max_chars` characters (state.max_prompt_chars; 0: no check) is
+    refused before tokenizing: it cannot fit the context."""
     if len(text) <= _INLINE_TEXT:
-        return tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    return await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=add_special_tokens)
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        await asyncio.sleep(0)  # a batch of many such prompts must not hold the loop throughout
+        return ids
+    return await asyncio.to_thread(_encode_checked, tokenizer, text, add_special_tokens, max_chars, param)
+
+
+def _encode_checked(tokenizer, text: str, add_special_tokens: bool, max_chars: int, param: str) -> list[int]:
+    check_prompt_chars(tokenizer, text, max_chars, param)
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 def now() -> float:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from .config import ServerConfig
 from .metrics import ServerMetrics
+from .prompt_limit import longest_token_chars
 from .token_text import token_texts
 
 log = logging.getLogger("llmtool.server")
@@ -42,6 +43,7 @@ class ServerState:
         self.token_text: Callable[[int], str] | None = None  # token id -> text, for logprobs
         self.token_bytes: Callable[[int], bytes] | None = None
         self.max_model_len = 0
+        self.max_prompt_chars = 0  # longer text prompts cannot fit, whatever their tokens
         self.vocab_size = 0
         self.info: dict[str, object] = {}  # what the startup panel shows
         self.created = int(time.time())
@@ -88,6 +90,7 @@ class ServerState:
         self.tokenizer = loaded.require_tokenizer()
         self.token_text, self.token_bytes = token_texts(self.tokenizer)
         self.max_model_len = engine.max_model_len
+        self.max_prompt_chars = engine.max_model_len * longest_token_chars(self.tokenizer)
         self.vocab_size = loaded.spec.vocab_size
         self.info = {
             "model": cfg.model,

@@ -39,3 +39,30 @@ def _byte_decoder() -> dict[str, int]:
             chars.append(256 + extra)
             extra += 1
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def prompt_logprobs_body(
+    prompt_ids: list[int], logprobs: list, token_text: Callable[[int], str]
+) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: per prompt token None (the first: nothing scores it) or a map
+    token id (a string, as JSON keys are) -> {"logprob", "rank", "decoded_token"}, the prompt's
+    own token first, then its top-k alternatives (ranks 1..k)."""
+    out: list[dict | None] = []
+    for token_id, lp in zip(prompt_ids, logprobs, strict=True):
+        if lp is None:
+            out.append(None)
+            continue
+        entry = {str(token_id): _logprob_entry(lp.logprob, lp.rank, token_text(token_id))}
+        for rank, (alt_id, value) in enumerate(lp.top, 1):
+            entry.setdefault(str(alt_id), _logprob_entry(value, rank, token_text(alt_id)))
+        out.append(entry)
+    return out
+
+
+def _logprob_entry(value: float, rank: int | None, text: str) -> dict:
+    # JSON has no -Infinity or NaN: vLLM clamps to -9999.0, as OpenAI does.
+    return {
+        "logprob": -9999.0 if value != value else max(value, -9999.0),
+        "rank": rank,
+        "decoded_token": text,
+    }
