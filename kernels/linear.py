@@ -46,8 +46,15 @@ def can_pack(weight: torch.Tensor) -> bool:
         weight.device.type == "cpu"
         and weight.dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
+        and _onednn_packs_bf16()
         and os.environ.get("LLMTOOL_CPU_KERNELS", "1") != "0"
     )
+
+
+def _onednn_packs_bf16() -> bool:
+    """oneDNN's bf16 weight reorder needs AVX512 (BW/VL/DQ) or AVX-NE-CONVERT; on a plain AVX2
+    CPU it raises, so there a bf16 model runs F.linear on plain weights (slow, but correct)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 class PackedLinear(nn.Module):
