@@ -12,10 +12,24 @@ compared: one 160-request Poisson draw is too bursty (bench/plan_bench.py's docs
 """
 
 import pytest
+import torch
 
 from bench.plan_bench import NUM_REQUESTS, closing_loop
+from llmtool.core.runtime import resolve_dtype
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.real_model,
+    # The loop predicts with `--quant bf16` (plan-capacity models bf16, fp8, int8 and int4 weights,
+    # not fp32), so it means something only where the server runs the model in bf16: CPUs with
+    # AVX512_BF16. Elsewhere the server runs fp32 (twice the bytes, AVX2 FLOPs): on such a
+    # machine (AMD EPYC, AVX2) the server sustained 0.93 req/s at c=8, the three runs took 19
+    # minutes and the predictions missed. Modelling fp32 weights is the fix, not looser bounds.
+    pytest.mark.skipif(
+        resolve_dtype(None, torch.device("cpu")) != torch.bfloat16,
+        reason="the server runs fp32 on this CPU (no AVX512_BF16); plan-capacity models bf16 and below",
+    ),
+]
 
 BOUNDS = {"output_throughput": 0.20, "ttft_p95_ms": 0.30, "tpot_p95_ms": 0.30}
 
