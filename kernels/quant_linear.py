@@ -124,6 +124,9 @@ def _kernel_ok(device: torch.device, out_features: int, group_size: int, dtype: 
         and dtype in _FAST_DTYPES
         and out_features % _BLOCK_N == 0
         and any(group_size % k == 0 for k in _KERNEL_GROUP_SIZES)
+        # torch packs int4 in blocks of 64 output rows only on AVX512 (AVX2 builds use another
+        # block, which _dequantize_packed does not read): elsewhere the codes stay unpacked.
+        and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
         and os.environ.get("LLMTOOL_CPU_KERNELS", "1") != "0"
     )
 

@@ -27,12 +27,12 @@ def guidellm_binary() -> Path:
 class LlamaServer:
     """llama.cpp's llama-server on a GGUF file, on a free 127.0.0.1 port, as a context manager."""
 
-    def __init__(self, gguf: Path, *args: str, slots: int = 2, context: int = 4096):
+    def __init__(self, gguf: Path, *args: str, slots: int = 2, context: int = 4096, threads: int = 2):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
         # --no-repack: this CPU's ggml AMX repack kernels die with SIGILL (see bench/serve_bench.py).
-        command = [str(llama_cpp_binary("llama-server")), "-m", str(gguf), "-t", "2", "--no-repack"]
+        command = [str(llama_cpp_binary("llama-server")), "-m", str(gguf), "-t", str(threads), "--no-repack"]
         command += ["-np", str(slots), "-c", str(context), "--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen([*command, *args], stdout=self.log, stderr=subprocess.STDOUT)
 
