@@ -19,3 +19,13 @@ def silu_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     if gate.device.type == "cpu" and gate.dtype == torch.bfloat16 and (ops := cpu_ops()):
         return ops.silu_and_mul(gate, up)
     return silu_and_mul_ref(gate, up)
+
+
+def gelu_tanh_and_mul_ref(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """GeGLU's gate (Gemma): gelu(gate, tanh approximation) * up, as transformers computes it."""
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def gelu_tanh_and_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    # No fused kernel yet: torch's vectorised gelu is the fast path on every device.
+    return gelu_tanh_and_mul_ref(gate, up)

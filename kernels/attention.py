@@ -4,7 +4,8 @@ Sequence i owns queries q[cu_q[i]:cu_q[i+1]] and keys/values k[cu_k[i]:cu_k[i+1]
 queries are the LAST len_q positions of its len_k keys, which covers full prefill
 (len_q == len_k), chunked prefill on a cache and decode (len_q == 1) with one rule.
 GQA: query head h reads KV head h // (Hq // Hk). An optional sliding window hides keys
-`window` or more positions behind the query (Mistral v0.1).
+`window` or more positions behind the query (Mistral v0.1); an optional soft-cap bounds
+scores to (-softcap, softcap) with tanh before the softmax (Gemma 2).
 
 The paged-cache variant (block tables) arrives with the engine and is specified
 against this reference.
@@ -56,8 +57,9 @@ def varlen_attention_ref(
     cu_seqlens_k: list[int],
     scale: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """The spec: explicit softmax(q k^T * scale + mask) v in fp32, one sequence at a time."""
+    """The spec: explicit softmax(cap(q k^T * scale) + mask) v in fp32, one sequence at a time."""
     num_heads, num_kv_heads = q.shape[1], k.shape[1]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
@@ -67,6 +69,8 @@ def varlen_attention_ref(
         ki = k[k0:k1].float().transpose(0, 1).repeat_interleave(group, 0)  # [Hq, Tk, D]
         vi = v[k0:k1].float().transpose(0, 1).repeat_interleave(group, 0)  # [Hq, Tk, D]
         scores = (qi @ ki.transpose(1, 2)) * scale  # [Hq, Tq, Tk]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         scores = scores.masked_fill(~_mask(q1 - q0, k1 - k0, sliding_window, q.device), float("-inf"))
         out[q0:q1] = (scores.softmax(-1) @ vi).transpose(0, 1).to(q.dtype)  # [Tq, Hq, D]
     return out
@@ -80,10 +84,12 @@ def varlen_attention(
     cu_seqlens_k: list[int],
     scale: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Same contract as varlen_attention_ref, on torch's fused SDPA (flash/memory-efficient)."""
-    if not use_fast_path():
-        return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_window)
+    """Same contract as varlen_attention_ref, on torch's fused SDPA (flash/memory-efficient).
+    SDPA has no soft-cap: soft-capped attention runs the reference."""
+    if not use_fast_path() or softcap is not None:
+        return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_window, softcap)
     out = torch.empty_like(q)
     for i in range(len(cu_seqlens_q) - 1):
         q0, q1, k0, k1 = cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]

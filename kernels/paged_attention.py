@@ -84,6 +84,7 @@ def paged_attention_ref(
     seq_lens: list[int],  # [B] keys per sequence, the new tokens (already written) included
     scale: float,
     sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """The spec: gather every sequence's keys contiguously, then varlen_attention_ref."""
     block_size = k_cache.shape[1]
@@ -97,7 +98,7 @@ def paged_attention_ref(
     cu_seqlens_k = [0]
     for seq_len in seq_lens:
         cu_seqlens_k.append(cu_seqlens_k[-1] + seq_len)
-    return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_window)
+    return varlen_attention_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, sliding_window, softcap)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ def paged_attention(
     v_cache: torch.Tensor,
     plan: PagedAttentionPlan,
     scale: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Same semantics as paged_attention_ref, on torch's SDPA, with indices from `plan`.
 
@@ -219,10 +221,11 @@ def paged_attention(
     layer; prefill and chunked-prefill sequences run one at a time. Python work is per
     sequence, never per token. On CUDA one Triton kernel serves decode and prefill alike.
     """
-    if not use_fast_path():
+    if not use_fast_path() or softcap is not None:  # no fast kernel soft-caps yet (Gemma 2)
         return paged_attention_ref(
-            q, k_cache, v_cache, plan.block_tables, plan.cu_seqlens_q, plan.seq_lens, scale, plan.sliding_window
-        )
+            q, k_cache, v_cache, plan.block_tables, plan.cu_seqlens_q, plan.seq_lens, scale, plan.sliding_window,
+            softcap,
+        )  # fmt: skip
     block_size = k_cache.shape[1]
     if plan.cu_seqlens_q_t is not None and use_triton(q) and block_size >= 16 and block_size & (block_size - 1) == 0:
         from .triton_paged_attention import paged_attention_triton

@@ -17,13 +17,13 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..models.llama import LlamaForCausalLM
+from ..models.causal_lm import CausalLM
 
 log = logging.getLogger("llmtool.engine")
 
 
 class LogitsHead:
-    def __init__(self, model: LlamaForCausalLM, weight: torch.Tensor | None, fp32: bool = True):
+    def __init__(self, model: CausalLM, weight: torch.Tensor | None, fp32: bool = True):
         """weight: the head's plain [V, h] weight (read before the model packs it), or None when
         it is no longer at hand; fp32=False keeps the model's own rounding (benchmarks compare)."""
         self.model = model
@@ -50,9 +50,9 @@ class LogitsHead:
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, h] in the model's dtype -> logits [N, V] fp32."""
         if self.fp32_weight is not None:
-            return F.linear(hidden.float(), self.fp32_weight)
+            return self.model.finish_logits(F.linear(hidden.float(), self.fp32_weight))
         if self.weight is not None:
-            return torch.mm(hidden, self.weight.t(), out_dtype=torch.float32)
+            return self.model.finish_logits(torch.mm(hidden, self.weight.t(), out_dtype=torch.float32))
         return self.model.compute_logits(hidden)
 
 
@@ -64,7 +64,7 @@ def _has_out_dtype(weight: torch.Tensor) -> bool:
         return False
 
 
-def head_weight(model: LlamaForCausalLM) -> torch.Tensor | None:
+def head_weight(model: CausalLM) -> torch.Tensor | None:
     """The head's plain [V, h] weight: lm_head's before prepare_for_inference packs it, the
     embedding's when tied; None when only a packed copy is left."""
     if model.spec.tie_word_embeddings:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ...kernels import PagedAttentionPlan, paged_attention, plan_paged_attention, write_kv
-from ..models.llama import LlamaForCausalLM
+from ..models.causal_lm import CausalLM
+from ..models.context import layer_attention
 from .logits_head import LogitsHead, head_weight
 from .scheduler import SchedulerOutput
 
@@ -29,20 +30,26 @@ class ForwardOutput:
 
 
 class PagedContext:
-    """AttentionContext for one step: write this step's K/V, attend through block tables."""
+    """AttentionContext for one step: write this step's K/V, attend through block tables.
+    Layers with different windows (Gemma's local and global) read through different plans."""
 
     def __init__(
-        self, kv_cache: torch.Tensor, slot_mapping: torch.Tensor, plan: PagedAttentionPlan, scale: float
+        self,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        plans: dict[int | None, PagedAttentionPlan],
+        layers: list[tuple[float, int | None, float | None]],
     ):
         self.kv_cache = kv_cache  # [L, 2, num_blocks, block_size, Hk, D]
         self.slot_mapping = slot_mapping  # [N]
-        self.plan = plan  # gather indices, shared by all layers of the step
-        self.scale = scale
+        self.plans = plans  # window -> gather indices, shared by all layers with that window
+        self.layers = layers  # (scale, window, softcap) per layer
 
     def attend(self, layer_idx, q, k, v):
         k_cache, v_cache = self.kv_cache[layer_idx, 0], self.kv_cache[layer_idx, 1]
         write_kv(k_cache, v_cache, k, v, self.slot_mapping, has_padding=False)
-        return paged_attention(q, k_cache, v_cache, self.plan, self.scale)
+        scale, window, softcap = self.layers[layer_idx]
+        return paged_attention(q, k_cache, v_cache, self.plans[window], scale, softcap)
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -55,7 +62,7 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, fp32_logits: bool = True):
+    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, fp32_logits: bool = True):
         spec = model.spec
         weight = head_weight(model)  # before prepare_for_inference packs it
         self.model = model.prepare_for_inference()
@@ -65,7 +72,8 @@ class ModelRunner:
         shape = (spec.num_layers, 2, num_blocks, block_size, spec.num_kv_heads, spec.head_dim)
         # zeros, not empty: never-written slots must hold finite values (masked, but 0 * NaN = NaN).
         self.kv_cache = _zeros(shape, model.dtype, model.device)
-        self.scale = spec.head_dim**-0.5
+        self.layers = layer_attention(spec)
+        self.windows = sorted(set(spec.windows), key=lambda w: -1 if w is None else w)
 
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> ForwardOutput:
@@ -92,16 +100,9 @@ class ModelRunner:
         device = self.model.device
         width = max(len(e.seq.block_table) for e in out.scheduled)
         tables = [e.seq.block_table + [0] * (width - len(e.seq.block_table)) for e in out.scheduled]
-        plan = plan_paged_attention(
-            torch.tensor(tables, dtype=torch.long, device=device),  # [B, max_blocks]
-            cu_seqlens_q,
-            seq_lens,
-            bs,
-            self.model.spec.sliding_window,
-        )
-        ctx = PagedContext(
-            self.kv_cache, torch.tensor(slots, dtype=torch.long, device=device), plan, self.scale
-        )
+        table_t = torch.tensor(tables, dtype=torch.long, device=device)  # [B, max_blocks]
+        plans = {w: plan_paged_attention(table_t, cu_seqlens_q, seq_lens, bs, w) for w in self.windows}
+        ctx = PagedContext(self.kv_cache, torch.tensor(slots, dtype=torch.long, device=device), plans, self.layers)
         ids = torch.tensor(input_ids, dtype=torch.long, device=device)  # [N]
         pos = torch.tensor(positions, dtype=torch.long, device=device)  # [N]
         hidden = self.model(ids, pos, ctx)  # [N, h]

@@ -20,17 +20,25 @@ class AttentionContext(Protocol):
         ...
 
 
+def layer_attention(spec: ModelSpec) -> list[tuple[float, int | None, float | None]]:
+    """(scale, window, softcap) of each layer, what every context hands the kernels."""
+    out = []
+    for i in range(spec.num_layers):
+        a = spec.layer_attention(i)
+        out.append((a.scale, a.window, a.softcap))
+    return out
+
+
 class PrefillContext:
     """No cache: each packed sequence attends only to its own tokens (scoring, perplexity)."""
 
     def __init__(self, seq_lens: list[int], spec: ModelSpec):
         self.cu_seqlens = _cumsum(seq_lens)
-        self.scale = spec.head_dim**-0.5
-        self.window = spec.sliding_window
+        self.layers = layer_attention(spec)
 
     def attend(self, layer_idx, q, k, v):
         cu = self.cu_seqlens
-        return varlen_attention(q, k, v, cu, cu, self.scale, self.window)
+        return varlen_attention(q, k, v, cu, cu, *self.layers[layer_idx])
 
 
 class ContiguousKVCache:
@@ -43,8 +51,7 @@ class ContiguousKVCache:
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.seq_lens = [0] * num_seqs
         self.max_len = max_len
-        self.scale = spec.head_dim**-0.5
-        self.window = spec.sliding_window
+        self.layers = layer_attention(spec)
 
     def step(self, new_lens: list[int]) -> "_CacheStep":
         """A context for one forward pass that appends new_lens[i] tokens to sequence i."""
@@ -74,7 +81,7 @@ class _CacheStep:
             values.append(c.v[layer_idx, b, : start + n])
         k_all = keys[0] if len(keys) == 1 else torch.cat(keys)  # [sum(len_k), Hk, D]
         v_all = values[0] if len(values) == 1 else torch.cat(values)
-        return varlen_attention(q, k_all, v_all, self.cu_q, self.cu_k, c.scale, c.window)
+        return varlen_attention(q, k_all, v_all, self.cu_q, self.cu_k, *c.layers[layer_idx])
 
 
 def _cumsum(lens: list[int]) -> list[int]:

@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .context import ContiguousKVCache
-from .llama import LlamaForCausalLM
+from .causal_lm import CausalLM
 
 
 @torch.inference_mode()
 def greedy_generate(
-    model: LlamaForCausalLM,
+    model: CausalLM,
     prompt_ids: Sequence[int],
     max_new_tokens: int,
     stop_ids: Sequence[int] = (),

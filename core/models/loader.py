@@ -1,4 +1,4 @@
-"""load_model: a model reference -> our LlamaForCausalLM with weights, tokenizer and spec."""
+"""load_model: a model reference -> our CausalLM with weights, tokenizer and spec."""
 
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +11,7 @@ from ..progress import ProgressFn, no_progress
 from ..runtime import configure_threads, default_device, resolve_dtype
 from . import checkpoint
 from .gguf_source import GGUFSource
-from .llama import LlamaForCausalLM
+from .causal_lm import CausalLM
 from .quantized import QuantScheme, install
 from .resolve import ModelSource, SourceFormat, resolve_model
 from .spec import ModelSpec, spec_from_hf_config
@@ -22,7 +22,7 @@ from .tokenizer import has_tokenizer, load_tokenizer_dir, load_tokenizer_gguf
 class LoadedModel:
     source: ModelSource
     spec: ModelSpec
-    model: LlamaForCausalLM
+    model: CausalLM
     tokenizer: object | None  # a transformers tokenizer; None for a weights-only directory
     dtype: torch.dtype
     device: torch.device
@@ -89,10 +89,10 @@ def _load_tokenizer(source: ModelSource, fast: bool):
 
 def _build(
     spec: ModelSpec, tensors, total: int, dtype, device, progress: ProgressFn, scheme: QuantScheme | None = None
-) -> LlamaForCausalLM:
+) -> CausalLM:
     # Build on the meta device (no memory), then adopt each checkpoint tensor as it streams in.
     with torch.device("meta"):
-        model = LlamaForCausalLM(spec)
+        model = CausalLM(spec)
     expected = dict(model.state_dict())
     if spec.tie_word_embeddings:
         expected.pop("lm_head.weight", None)

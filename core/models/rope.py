@@ -1,4 +1,4 @@
-"""Rotary frequencies (incl. linear and Llama-3 scaling) and a cos/sin table by position.
+"""Rotary frequencies (incl. linear, Llama-3 and LongRoPE scaling) and a cos/sin table by position.
 
 Formulas follow transformers' rope initialisers so logits match HF's exactly.
 """
@@ -10,11 +10,21 @@ import torch
 from .spec import RopeSpec
 
 
-def inv_frequencies(rope: RopeSpec, head_dim: int) -> torch.Tensor:
-    """[head_dim // 2] fp32 inverse frequencies after any scaling."""
+def rotary_dim(rope: RopeSpec, head_dim: int) -> int:
+    """The features that rotate (all but with a partial_rotary_factor, as in Phi-4-mini)."""
+    return int(head_dim * rope.partial_rotary_factor)
+
+
+def inv_frequencies(rope: RopeSpec, head_dim: int, long: bool = False) -> torch.Tensor:
+    """[rotary_dim // 2] fp32 inverse frequencies after any scaling; `long`: LongRoPE's
+    factors for positions past original_max_position."""
+    dim = rotary_dim(rope, head_dim)
     # Explicit CPU: models are built under torch.device("meta"), which would capture these.
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
     inv_freq = 1.0 / (rope.theta**exponents)
+    if rope.kind == "longrope":
+        factors = rope.long_factor if long else rope.short_factor
+        return 1.0 / (torch.tensor(factors, dtype=torch.float32, device="cpu") * rope.theta**exponents)
     if rope.freq_factors is not None:
         return inv_freq / torch.tensor(rope.freq_factors, dtype=torch.float32, device="cpu")
     if rope.kind == "linear":
@@ -39,12 +49,20 @@ def _llama3(inv_freq: torch.Tensor, rope: RopeSpec) -> torch.Tensor:
 
 
 class RotaryTable:
-    """cos/sin rows by position, grown on demand so long contexts cost nothing up front."""
+    """cos/sin rows by position, grown on demand so long contexts cost nothing up front.
+
+    LongRoPE (Phi-3): rows below original_max_position use the short factors, rows from it on
+    the long ones, all times attention_factor. transformers switches a whole sequence to the
+    long factors once it grows past that length (and keeps the keys it cached before); a row
+    per position is what a paged cache can hold, and agrees wherever sequences stay short."""
 
     def __init__(self, rope: RopeSpec, head_dim: int):
-        self.inv_freq = inv_frequencies(rope, head_dim)  # [D/2] fp32
-        self.cos = torch.empty(0, head_dim, device="cpu")
-        self.sin = torch.empty(0, head_dim, device="cpu")
+        self.rope = rope
+        self.inv_freq = inv_frequencies(rope, head_dim)  # [D'/2] fp32
+        self.long_inv_freq = inv_frequencies(rope, head_dim, long=True) if rope.kind == "longrope" else None
+        dim = rotary_dim(rope, head_dim)
+        self.cos = torch.empty(0, dim, device="cpu")
+        self.sin = torch.empty(0, dim, device="cpu")
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [N] -> (cos, sin) each [N, D] in `dtype`."""
@@ -56,5 +74,11 @@ class RotaryTable:
     def _build(self, length: int, device, dtype) -> None:
         pos = torch.arange(length, device=device, dtype=torch.float32)
         freqs = pos[:, None] * self.inv_freq.to(device)[None, :]  # [L, D/2]
+        if self.long_inv_freq is not None:
+            long = pos[:, None] * self.long_inv_freq.to(device)[None, :]
+            freqs = torch.where(pos[:, None] >= self.rope.original_max_position, long, freqs)
         emb = torch.cat((freqs, freqs), dim=-1)  # [L, D]
-        self.cos, self.sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        cos, sin = emb.cos(), emb.sin()
+        if self.rope.attention_factor != 1.0:
+            cos, sin = cos * self.rope.attention_factor, sin * self.rope.attention_factor
+        self.cos, self.sin = cos.to(dtype), sin.to(dtype)

@@ -7,14 +7,15 @@ written out here as stages over the whole calibration batch: B windows of T toke
 packed [B*T, h]. All windows have the same length, so attention runs as one batched causal
 SDPA call instead of a loop over sequences.
 
-Same arithmetic as llama.py's forward (the tests check the composition against it).
+Same arithmetic as layers/decoder.py's forward (the tests check the composition against it).
 """
 
 import torch
 import torch.nn.functional as F
 
 from ...kernels import apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
-from ..models.llama import DecoderLayer, LlamaForCausalLM
+from ..models.causal_lm import CausalLM
+from ..models.layers.decoder import DecoderLayer
 
 # The linears of a decoder layer in the order data reaches them, grouped by shared input.
 QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -31,7 +32,7 @@ def linear(layer: DecoderLayer, name: str) -> torch.nn.Linear:
 class Batch:
     """The calibration windows' shared per-model inputs: shape, rotary angles."""
 
-    def __init__(self, model: LlamaForCausalLM, num_windows: int, seq_len: int, dtype: torch.dtype):
+    def __init__(self, model: CausalLM, num_windows: int, seq_len: int, dtype: torch.dtype):
         self.num_windows, self.seq_len = num_windows, seq_len
         positions = torch.arange(seq_len).repeat(num_windows)  # [B*T]
         cos, sin = model.rotary.lookup(positions, dtype)
@@ -100,6 +101,6 @@ def forward(layer: DecoderLayer, x: torch.Tensor, batch: Batch) -> torch.Tensor:
     return x + mlp(layer, mlp_input(layer, x))
 
 
-def embed(model: LlamaForCausalLM, windows: list[list[int]], dtype: torch.dtype) -> torch.Tensor:
+def embed(model: CausalLM, windows: list[list[int]], dtype: torch.dtype) -> torch.Tensor:
     ids = torch.tensor([t for w in windows for t in w], dtype=torch.long)
     return model.model.embed_tokens(ids).to(dtype)  # [B*T, h]

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 from ..engine.logits_head import LogitsHead, head_weight
 from ..models.context import PrefillContext
-from ..models.llama import LlamaForCausalLM
+from ..models.causal_lm import CausalLM
 from ..progress import ProgressFn, no_progress
 
 
 @torch.inference_mode()
 def perplexity(
-    model: LlamaForCausalLM,
+    model: CausalLM,
     windows: list[list[int]],
     *,
     task: str = "perplexity",
