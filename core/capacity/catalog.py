@@ -8,12 +8,13 @@ reading one never loads weights. This is not the planner: it only answers "what 
 import json
 import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError, UsageError
+from ..models import counts
 from ..models.aliases import ALIASES
-from ..models.spec import spec_from_hf_config
+from ..models.spec import ModelSpec, spec_from_hf_config
 
 CATALOG_DIR = Path(__file__).parent / "catalogs"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -34,41 +35,60 @@ class GPUSpec:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The shape capacity arithmetic needs. Unlike core.models.spec.ModelSpec (the engine's) it knows MoE
-    (Mixtral) and drops what only the forward pass needs (rope, eps, token ids)."""
+    """A model as capacity planning sees it: the engine's ModelSpec (any registered family:
+    MoE, sliding windows, qk-norm, sandwich norms...) plus a name, the context to plan for and
+    where it came from. Every count (parameters, linear weights, KV bytes, FLOPs) comes from
+    core.models.counts on `spec`; the properties below are shorthands the planner reads."""
 
     name: str
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int  # per expert for MoE
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    tie_word_embeddings: bool
-    params: int  # total parameters, all experts
+    spec: ModelSpec
     max_context: int
-    num_experts: int = 1  # 1 = dense
-    num_experts_per_tok: int = 1
-    qkv_bias: bool = False
-    source: str = ""  # config.json (or file) it was read from
+    source: str = ""  # config.json (or file, or catalog URL) it was read from
     hf_id: str = ""
+
+    num_layers = property(lambda self: self.spec.num_layers)
+    hidden_size = property(lambda self: self.spec.hidden_size)
+    num_heads = property(lambda self: self.spec.num_heads)
+    num_kv_heads = property(lambda self: self.spec.num_kv_heads)
+    head_dim = property(lambda self: self.spec.head_dim)
+    vocab_size = property(lambda self: self.spec.vocab_size)
+    tie_word_embeddings = property(lambda self: self.spec.tie_word_embeddings)
+    qkv_bias = property(lambda self: self.spec.qkv_bias)
+
+    @property
+    def intermediate_size(self) -> int:
+        """One expert's MLP width for an MoE, the MLP's otherwise."""
+        return self.spec.moe.intermediate_size if self.spec.moe else self.spec.intermediate_size
+
+    @property
+    def num_experts(self) -> int:
+        return counts.num_experts(self.spec)
+
+    @property
+    def num_experts_per_tok(self) -> int:
+        return counts.experts_per_token(self.spec)
 
     @property
     def is_moe(self) -> bool:
-        return self.num_experts > 1
+        return self.spec.moe is not None
 
-    def kv_bytes_per_token(self, bytes_per_element: float) -> float:
-        """K and V for every layer: 2 x layers x kv_heads x head_dim x bytes (GQA-aware)."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_element
+    @property
+    def params(self) -> int:
+        """Total parameters, all experts (embeddings and lm_head included, tied once)."""
+        return counts.count_params(self.spec)
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token reads: top_k experts of an MoE."""
+        return counts.active_params(self.spec)
 
     def count_params(self) -> int:
-        """Parameters counted from the shape; the catalog's `params` must equal this."""
-        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        attn = 2 * h * q + 2 * h * kv + (q + 2 * kv) * self.qkv_bias
-        mlp = self.num_experts * 3 * h * self.intermediate_size + h * self.num_experts * self.is_moe
-        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return embed + self.num_layers * (attn + mlp + 2 * h) + h
+        return self.params
+
+    def kv_bytes_per_token(self, bytes_per_element: float, context: int | None = None) -> float:
+        """K and V per token over all layers; with `context`, sliding-window layers count only
+        min(W, context) / context of a full layer (see counts.kv_bytes_per_token)."""
+        return counts.kv_bytes_per_token(self.spec, bytes_per_element, context)
 
 
 def load_gpus(extra: str | Path | None = None) -> dict[str, GPUSpec]:
@@ -129,26 +149,22 @@ def model_spec(reference: str) -> ModelShape:
     )
 
 
-def spec_from_config(config: dict, name: str = "", source: str = "") -> ModelShape:
-    """A capacity ModelShape from an HF config.json dict (llama, mistral, qwen2, mixtral)."""
-    is_mixtral = config.get("model_type") == "mixtral" or "MixtralForCausalLM" in (
-        config.get("architectures") or []
-    )
-    if is_mixtral:
-        # Mixtral's attention and expert shapes are Mistral's; let the core parse those.
-        config = {**config, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}
+def spec_from_config(config: dict, name: str = "", source: str = "", hf_id: str = "") -> ModelShape:
+    """A capacity ModelShape from an HF config.json dict of any registered family."""
+    if "text_config" in config and "hidden_size" not in config:  # Gemma 3's multimodal wrapper
+        config = {
+            **config["text_config"],
+            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": "gemma3_text",
+        }
     core = spec_from_hf_config(config)
-    spec = ModelShape(
+    return ModelShape(
         name=name or core.name or "model",
-        **core.dims(),
-        params=0,
+        spec=core,
         max_context=core.max_position_embeddings,
-        num_experts=int(config.get("num_local_experts", 1)) if is_mixtral else 1,
-        num_experts_per_tok=int(config.get("num_experts_per_tok", 1)) if is_mixtral else 1,
-        qkv_bias=core.qkv_bias,
         source=source,
+        hf_id=hf_id,
     )
-    return replace(spec, params=spec.count_params())
 
 
 def _spec_from_path(path: Path) -> ModelShape:
@@ -207,4 +223,16 @@ def _gpu(name: str, entry: dict, where: str) -> GPUSpec:
 
 
 def _model(name: str, entry: dict) -> ModelShape:
-    return ModelShape(name=name, **entry)
+    """A catalog entry: `config` holds the config.json keys the family reads; `params`, the
+    total it must count to, guards against a mistyped shape."""
+    try:
+        model = spec_from_config(
+            dict(entry["config"]), name=name, source=entry["source"], hf_id=entry["hf_id"]
+        )
+    except KeyError as e:
+        raise UsageError(f"model '{name}' in models.toml is missing {e}") from None
+    if "params" in entry and model.params != int(entry["params"]):
+        raise UsageError(
+            f"model '{name}' in models.toml states {entry['params']:,} parameters, its shape counts {model.params:,}"
+        )
+    return model

@@ -18,6 +18,14 @@ Assumptions, stated once:
   at a time, bf16: tokens x 2 bytes x (4 x hidden + (q + 2 kv) / tp + 3 x intermediate x
   experts_per_token / tp) (residual, norm output, attention in/out; gate, up and their
   product), plus fp32 logits for `max_num_seqs` rows of the full vocabulary.
+- Weights: every parameter, all experts of an MoE (counted from the spec by
+  core/models/counts.py), whatever the family (qk-norms, sandwich norms, biases, router).
+- KV cache: per token, each layer's K and V for its KV heads; a sliding-window layer (Gemma 2/3,
+  Mistral-7B-v0.1) holds only its last W tokens, so at `context_len` it counts
+  min(W, context_len) / context_len of a full layer (vLLM's hybrid KV cache manager frees a
+  windowed layer's blocks once they fall out of the window). `kv_bytes_per_token` is that
+  average over a full `context_len` sequence, rounded up: shorter sequences hold more per token
+  on windowed layers, so capacity is exact for sequences of `context_len`, approximate otherwise.
 - `reserve_bytes` (1 GiB by default) covers the CUDA context, cuBLAS and NCCL workspaces
   and CUDA graphs, which vLLM also takes out of the budget.
 """
@@ -26,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..models import counts
 from .catalog import GPUSpec, ModelShape
 
 # Bits per weight for the quantized linear layers (see the module docstring for int4).
@@ -60,7 +69,9 @@ class MemoryPlan:
     reserve_bytes: int  # fixed, see MemoryConfig
     kv_budget_bytes: int  # what is left for the KV cache (negative when over)
     kv_heads_per_gpu: int  # at least 1: replicated when kv_heads < tp
-    kv_bytes_per_token: int  # this GPU's share of one token's K and V, all layers
+    kv_bytes_per_token: (
+        int  # this GPU's share of one token's K and V, all layers (windows averaged at context_len)
+    )
     num_kv_blocks: int  # KV cache blocks of block_size tokens
     kv_capacity_tokens: int  # num_kv_blocks x block_size
     max_num_seqs: int  # full-length sequences the KV cache holds at once
@@ -98,7 +109,9 @@ def plan_memory(model: ModelShape, gpu: GPUSpec, config: MemoryConfig = MemoryCo
     activations = activation_bytes(model, config)
     budget = usable - weights - activations - config.reserve_bytes
     kv_heads = kv_heads_per_gpu(model, tp)
-    per_token = 2 * model.num_layers * kv_heads * model.head_dim * KV_BYTES[config.kv_dtype]
+    per_token = math.ceil(
+        counts.kv_bytes_per_token(model.spec, KV_BYTES[config.kv_dtype], context_len, kv_heads)
+    )
     block_bytes = per_token * config.block_size
     num_blocks = max(budget, 0) // block_bytes
     blocks_per_seq = math.ceil(context_len / config.block_size)
@@ -130,25 +143,27 @@ def kv_heads_per_gpu(model: ModelShape, tp: int) -> int:
 
 
 def weight_bytes_per_gpu(model: ModelShape, quant: str, tp: int) -> int:
-    """One GPU's shard of the weights: quantized linears plus the bf16 rest."""
-    h, layers = model.hidden_size, model.num_layers
-    q = model.num_heads * model.head_dim
-    kv = kv_heads_per_gpu(model, tp) * model.head_dim  # this GPU's k (or v) width
+    """One GPU's shard of ALL the weights (every expert of an MoE: they all sit in memory):
+    quantized linears plus the bf16 rest, counted by core.models.counts from the spec."""
+    spec = model.spec
+    h, layers = spec.hidden_size, spec.num_layers
+    q = spec.q_size
+    kv = kv_heads_per_gpu(model, tp) * spec.head_dim  # this GPU's k (or v) width
     attn = h * q // tp + 2 * h * kv + q * h // tp
-    mlp = model.num_experts * 3 * h * model.intermediate_size // tp
+    mlp = counts.num_experts(spec) * counts.expert_params(spec) // tp
     quantized = layers * (attn + mlp)
-    embed = model.vocab_size * h // tp * (1 if model.tie_word_embeddings else 2)
-    router = layers * h * model.num_experts * model.is_moe
-    bias = layers * (q // tp + 2 * kv) * model.qkv_bias
-    norms = (2 * layers + 1) * h
-    return math.ceil(quantized * WEIGHT_BITS[quant] / 8) + 2 * (embed + router + bias + norms)
+    # The bf16 rest: whatever the family has beyond the linears (norms, biases, qk-norms, router),
+    # replicated, plus the embeddings and lm_head, split over the vocabulary.
+    embed = counts.embedding_params(spec)
+    rest = counts.count_params(spec) - counts.linear_params(spec) - embed
+    return math.ceil(quantized * WEIGHT_BITS[quant] / 8) + 2 * (embed // tp + rest)
 
 
 def activation_bytes(model: ModelShape, config: MemoryConfig) -> int:
     """Peak activations of one forward; the formula is in the module docstring."""
     tp, h = config.tp, model.hidden_size
     qkv = model.num_heads * model.head_dim // tp + 2 * kv_heads_per_gpu(model, tp) * model.head_dim
-    mlp = 3 * model.intermediate_size * model.num_experts_per_tok // tp
+    mlp = 3 * model.spec.mlp_intermediate_size // tp  # top_k experts' width for an MoE
     per_token = 2 * (4 * h + qkv + mlp)
     logits = config.max_num_seqs * model.vocab_size * 4
     return config.max_num_batched_tokens * per_token + logits

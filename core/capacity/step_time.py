@@ -13,13 +13,15 @@ Assumptions, stated once:
 - Every weight of this GPU's shard is read once per step (`memory.weight_bytes_per_gpu`,
   the input embedding table included although a lookup only touches a few rows: that
   overstates bytes by the table, 6.5% for Llama-3.1-8B, 3% for 70B in fp8).
-- MoE: each token routes to k of E experts uniformly and independently, so n tokens hit
+- MoE: weights in memory are all E experts, but a step reads only the routed ones. Each
+  token routes to k of E experts uniformly and independently, so n tokens hit
   E x (1 - (1 - k/E)^n) distinct experts per layer on average; only those experts' weights
   are read. Trained routers are skewed, which hits fewer: this is the upper end. TP slices
   every expert, so the fraction is the same on every GPU.
 - KV: decode reads each sequence's cached context and writes one token; a prefill chunk
   reads the context cached before it (earlier chunks, prefix-cache hits) and writes its own
-  tokens. Activations are not counted as traffic (fused kernels keep them on chip in decode;
+  tokens. A sliding-window layer (Gemma 2/3, Mistral-7B-v0.1) reads at most its last W tokens
+  and its attention sees at most W keys per query. Activations are not counted as traffic (fused kernels keep them on chip in decode;
   prefill is compute-bound anyway).
 - FLOPs: 2 x active non-embedding params x tokens for the linears, 2 x vocab x hidden per
   logit row (one row per sequence in the step, as vLLM computes logits only for each
@@ -38,6 +40,7 @@ Assumptions, stated once:
 from dataclasses import dataclass
 
 from ..errors import UsageError
+from ..models import counts
 from .catalog import GPUSpec, ModelShape
 from .memory import KV_BYTES, WEIGHT_BITS, kv_heads_per_gpu, weight_bytes_per_gpu
 
@@ -145,25 +148,31 @@ def step_time(
     tokens = batch.num_tokens
     h, layers = model.hidden_size, model.num_layers
 
-    # Bytes. Experts not hit by any token are never read.
-    expert_params = 3 * h * model.intermediate_size // tp  # one expert, one layer, this GPU
+    spec = model.spec
+    kv_heads = kv_heads_per_gpu(model, tp)
+
+    # Bytes. Every weight is in memory (all experts); a step reads only the experts its tokens hit.
+    expert = counts.expert_params(spec) // tp  # one expert, one layer, this GPU
     hit = expected_experts_hit(model, tokens)
-    unread = layers * (model.num_experts - hit) * expert_params * WEIGHT_BITS[quant] / 8
+    unread = layers * (model.num_experts - hit) * expert * WEIGHT_BITS[quant] / 8
     weights = weight_bytes_per_gpu(model, quant, tp) - unread * model.is_moe
-    kv_token = 2 * layers * kv_heads_per_gpu(model, tp) * model.head_dim * KV_BYTES[kv_dtype]
-    kv_read = kv_token * (sum(c for _, c in batch.prefill) + sum(batch.decode_context))
-    kv_write = kv_token * tokens
+    kv_bytes = KV_BYTES[kv_dtype]
+    # KV read: each sequence's cached context, a windowed layer only its last W tokens.
+    cached = [c for _, c in batch.prefill] + list(batch.decode_context)
+    kv_read = sum(counts.kv_cached_bytes(spec, kv_bytes, c, kv_heads) for c in cached)
+    kv_write = counts.kv_bytes_per_token(spec, kv_bytes, kv_heads=kv_heads) * tokens  # every layer writes
 
     # FLOPs. Active linears: attention projections plus k experts (or the one dense MLP).
-    q = model.num_heads * model.head_dim
-    kv = kv_heads_per_gpu(model, tp) * model.head_dim  # replicated below one KV head per GPU
+    q = spec.q_size
+    kv = kv_heads * spec.head_dim  # replicated below one KV head per GPU
     attn_params = 2 * h * q // tp + 2 * h * kv
-    active = layers * (attn_params + model.num_experts_per_tok * expert_params)
+    active = layers * (attn_params + model.num_experts_per_tok * expert)
     linear = 2 * active * tokens
-    pairs = sum(n * c + n * (n + 1) / 2 for n, c in batch.prefill) + sum(c + 1 for c in batch.decode_context)
-    attention = 4 * layers * (model.num_heads // tp) * model.head_dim * pairs
+    heads = spec.num_heads // tp
+    attention = sum(counts.attention_flops(spec, c, n, heads) for n, c in batch.prefill)
+    attention += sum(counts.attention_flops(spec, c, 1, heads) for c in batch.decode_context)
     lm_head = 2 * model.vocab_size // tp * h * batch.num_seqs
-    router = 2 * layers * h * model.num_experts * tokens * model.is_moe
+    router = 2 * counts.router_params(spec) * tokens
     other = attention + lm_head + router
 
     peak, is_fallback = linear_peak(gpu, quant)
@@ -187,11 +196,8 @@ def step_time(
 
 def expected_experts_hit(model: ModelShape, num_tokens: int) -> float:
     """Distinct experts per layer that `num_tokens` uniform top-k routings touch on average:
-    each expert is missed by one token with probability 1 - k/E."""
-    if not model.is_moe:
-        return 1.0
-    e, k = model.num_experts, model.num_experts_per_tok
-    return e * (1 - (1 - k / e) ** num_tokens)
+    E x (1 - (1 - k/E)^B) (counts.expected_experts_hit); 1 for a dense model."""
+    return counts.expected_experts_hit(model.spec, num_tokens)
 
 
 def linear_peak(gpu: GPUSpec, quant: str) -> tuple[float, bool]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..runtime import dtype_name, resolve_dtype
-from . import checkpoint
+from . import checkpoint, counts
 from .gguf_source import GGUFSource, hf_tensor_name
 from .resolve import ModelSource, SourceFormat, resolve_model
 from .spec import ModelSpec, spec_from_hf_config
@@ -29,6 +29,15 @@ class ModelInfo:
     name: str
     architecture: str  # HF architecture name
     num_params: int  # counted from the stored tensors (tied embeddings once)
+    counted_params: (
+        int  # counted from the spec (core/models/counts.py): equals num_params for a full checkpoint
+    )
+    active_params: int  # what one token reads: top_k experts of an MoE
+    num_experts: int  # 1 for a dense model
+    experts_per_token: int
+    flops_per_token: (
+        int  # forward, short context: 2 x active matmul weights (attention's part grows with context)
+    )
     num_layers: int
     hidden_size: int
     intermediate_size: int
@@ -42,13 +51,18 @@ class ModelInfo:
     has_chat_template: bool
     file_bytes: int
     runtime_dtype: str  # what `auto` picks on this machine
-    kv_bytes_per_token: dict[str, int]  # by KV dtype
+    kv_bytes_per_token: dict[str, int]  # by KV dtype, every layer holding every token
+    # by KV dtype, averaged over a context_length-long sequence: sliding-window layers hold only W tokens
+    kv_bytes_per_token_at_context: dict[str, int]
     tensor_types: dict[str, int]  # type -> number of tensors
     tensors: list[TensorInfo]
     quantization: str | None = None  # "gptq 4-bit, group 64, sym" from quantization_config
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+_KV_DTYPES = (("fp32", 4), ("bf16", 2), ("fp8", 1))
 
 
 def inspect_model(reference: str | ModelSource) -> ModelInfo:
@@ -70,14 +84,21 @@ def inspect_model(reference: str | ModelSource) -> ModelInfo:
         name=spec.name,
         architecture=spec.hf_architecture,
         num_params=sum(_num_params(t, bits) for t in tensors if _is_weight(t.name)),
+        counted_params=counts.count_params(spec),
+        active_params=counts.active_params(spec),
+        num_experts=counts.num_experts(spec),
+        experts_per_token=counts.experts_per_token(spec),
+        flops_per_token=round(counts.flops_per_token(spec)),
         **spec.dims(),
         context_length=spec.max_position_embeddings,
         rope=_describe_rope(spec),
         has_chat_template=chat,
         file_bytes=size,
         runtime_dtype=dtype_name(runtime),
-        kv_bytes_per_token={
-            name: spec.kv_bytes_per_token(n) for name, n in (("fp32", 4), ("bf16", 2), ("fp8", 1))
+        kv_bytes_per_token={name: round(counts.kv_bytes_per_token(spec, n)) for name, n in _KV_DTYPES},
+        kv_bytes_per_token_at_context={
+            name: math.ceil(counts.kv_bytes_per_token(spec, n, spec.max_position_embeddings))
+            for name, n in _KV_DTYPES
         },
         tensor_types=dict(Counter(t.type for t in tensors).most_common()),
         tensors=tensors,
