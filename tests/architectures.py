@@ -88,3 +88,30 @@ def save_tiny(path, family: str, seed: int = 0):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(path, safe_serialization=True)
     return model
+
+
+TEXT = (
+    "the quick brown fox jumps over the lazy dog. a cat sat on the mat and looked at the moon. "
+    "to be or not to be, that is the question: whether tis nobler in the mind to suffer. "
+)
+
+
+def save_tokenizer(path) -> None:
+    """A word-level tokenizer of exactly VOCAB ids (0 unknown, 1 BOS, 2 EOS as in the tiny
+    configs). Every id decodes to a whole word that encodes back to it (a byte-level BPE lets a
+    random model emit unfinished UTF-8, which never streams as text; bench fits prompts by
+    round trips)."""
+    import json
+    import re
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = list(dict.fromkeys(re.findall(r"\w+|[^\w\s]", TEXT)))
+    names = ["unk", "bos", "eos", *words]
+    names += [f"w{i}" for i in range(VOCAB - len(names))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(names)}, unk_token="unk"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    assert tok.get_vocab_size() == VOCAB
+    tok.save(str(path / "tokenizer.json"))
+    # No token is special (skipped in decoded text); EOS comes from config.json's eos_token_id.
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
