@@ -1,8 +1,8 @@
 """The KV metadata of a GGUF file we write: general.*, the architecture's hyper-parameters
 (the keys core/models/gguf_source.py reads back) and the tokenizer.
 
-Keys and value types are the ones llama.cpp's convert_hf_to_gguf.py writes for LlamaModel and
-Qwen2Model; llama.cpp checks value types strictly (a uint32 key written as int32 fails to
+Keys are gguf-py's (gguf.Keys) and the ones llama.cpp's convert_hf_to_gguf.py writes for each
+family, chosen from what the ModelSpec holds (experts, soft-caps, windows, multipliers); llama.cpp checks value types strictly (a uint32 key written as int32 fails to
 load), so every value here carries its GGUF type. A GGUF source keeps its own general.* and
 tokenizer keys: a lossless copy, where transformers' rebuild of a GGUF tokenizer is not always
 (it drops llama.cpp-only details such as SmolLM's digit-split pre-tokenizer).
@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from ..models.spec import ModelSpec
+from ..models.spec import SLIDING, ModelSpec
 from .plan import OutType
 from .vocab import VocabMetadata, vocab_metadata
 
@@ -32,28 +32,71 @@ _SKIP_GENERAL = (
 
 def model_metadata(spec: ModelSpec, arch: str, out: OutType) -> dict[str, Value]:
     """general.file_type and the {arch}.* hyper-parameters, in llama.cpp's order."""
-    a = arch
+    K = gguf.Keys
+
+    def key(k: str) -> str:
+        return k.format(arch=arch)
+
+    rope = spec.rope
     values = {
-        f"{a}.block_count": _u32(spec.num_layers),
-        f"{a}.context_length": _u32(spec.max_position_embeddings),
-        f"{a}.embedding_length": _u32(spec.hidden_size),
-        f"{a}.feed_forward_length": _u32(spec.intermediate_size),
-        f"{a}.attention.head_count": _u32(spec.num_heads),
-        f"{a}.attention.head_count_kv": _u32(spec.num_kv_heads),
-        f"{a}.rope.freq_base": _f32(spec.rope.theta),
-        f"{a}.attention.layer_norm_rms_epsilon": _f32(spec.rms_norm_eps),
+        key(K.LLM.BLOCK_COUNT): _u32(spec.num_layers),
+        key(K.LLM.CONTEXT_LENGTH): _u32(spec.max_position_embeddings),
+        key(K.LLM.EMBEDDING_LENGTH): _u32(spec.hidden_size),
+        key(K.LLM.FEED_FORWARD_LENGTH): _u32(spec.intermediate_size),
+        key(K.Attention.HEAD_COUNT): _u32(spec.num_heads),
+        key(K.Attention.HEAD_COUNT_KV): _u32(spec.num_kv_heads),
+        key(K.Rope.FREQ_BASE): _f32(rope.theta),
+        key(K.Attention.LAYERNORM_RMS_EPS): _f32(spec.rms_norm_eps),
         "general.file_type": _u32(int(out.file_type)),
-        f"{a}.vocab_size": _u32(spec.vocab_size),
-        f"{a}.rope.dimension_count": _u32(spec.head_dim),
+        key(K.LLM.VOCAB_SIZE): _u32(spec.vocab_size),
+        key(K.Rope.DIMENSION_COUNT): _u32(int(spec.head_dim * rope.partial_rotary_factor)),
     }
     if spec.head_dim != spec.hidden_size // spec.num_heads:
         # llama.cpp assumes hidden / heads; only a model that differs needs to say so
-        values[f"{a}.attention.key_length"] = _u32(spec.head_dim)
-        values[f"{a}.attention.value_length"] = _u32(spec.head_dim)
-    if spec.rope.kind == "linear" and spec.rope.freq_factors is None:
-        values[f"{a}.rope.scaling.type"] = Value("linear", V.STRING)
-        values[f"{a}.rope.scaling.factor"] = _f32(spec.rope.factor)
+        values[key(K.Attention.KEY_LENGTH)] = _u32(spec.head_dim)
+        values[key(K.Attention.VALUE_LENGTH)] = _u32(spec.head_dim)
+    if rope.kind == "linear" and rope.freq_factors is None:
+        values[key(K.Rope.SCALING_TYPE)] = Value("linear", V.STRING)
+        values[key(K.Rope.SCALING_FACTOR)] = _f32(rope.factor)
+    if rope.kind == "longrope":  # the factors are tensors (rope_factors_long/short)
+        values[key(K.Rope.SCALING_ORIG_CTX_LEN)] = _u32(rope.original_max_position)
+        values[key(K.Rope.SCALING_ATTN_FACTOR)] = _f32(rope.attention_factor)
+    if spec.moe is not None:
+        values[key(K.LLM.EXPERT_COUNT)] = _u32(spec.moe.num_experts)
+        values[key(K.LLM.EXPERT_USED_COUNT)] = _u32(spec.moe.top_k)
+        values[key(K.LLM.EXPERT_FEED_FORWARD_LENGTH)] = _u32(spec.moe.intermediate_size)
+        values[key(K.LLM.EXPERT_WEIGHTS_NORM)] = Value(spec.moe.renormalize, V.BOOL)
+    if spec.attn_softcap:
+        values[key(K.LLM.ATTN_LOGIT_SOFTCAPPING)] = _f32(spec.attn_softcap)
+    if spec.final_softcap:
+        values[key(K.LLM.FINAL_LOGIT_SOFTCAPPING)] = _f32(spec.final_softcap)
+    if spec.sliding_window:
+        values[key(K.Attention.SLIDING_WINDOW)] = _u32(spec.sliding_window)
+        if spec.layer_types:  # which layers slide: a per-layer bool array, as llama.cpp reads it
+            flags = [t == SLIDING for t in spec.layer_types]
+            values[key(K.Attention.SLIDING_WINDOW_PATTERN)] = Value(flags, V.ARRAY, V.BOOL)
+        if spec.local_rope is not None:
+            values[key(K.Rope.FREQ_BASE_SWA)] = _f32(spec.local_rope.theta)
+    if arch == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GRANITE]:  # llama.cpp's Granite multipliers
+        values[key(K.LLM.EMBEDDING_SCALE)] = _f32(spec.embed_scale)
+        values[key(K.LLM.RESIDUAL_SCALE)] = _f32(spec.residual_scale)
+        values[key(K.Attention.SCALE)] = _f32(spec.attn_scale if spec.attn_scale is not None else spec.head_dim**-0.5)
+        values[key(K.LLM.LOGIT_SCALE)] = _f32(1.0 / spec.logit_scale)  # llama.cpp divides by it
     return values
+
+
+def computed_tensor(spec: ModelSpec, name: str) -> np.ndarray:
+    """The tensors a GGUF file holds that are not weights: rope_freqs (Llama-3 scaling),
+    rope_factors_long/short (LongRoPE)."""
+    T = gguf.MODEL_TENSOR
+    stem = name.removesuffix(".weight")
+    if stem == gguf.TENSOR_NAMES[T.ROPE_FREQS]:
+        return rope_freqs(spec)
+    if stem == gguf.TENSOR_NAMES[T.ROPE_FACTORS_LONG]:
+        return np.asarray(spec.rope.long_factor, dtype=np.float32)
+    if stem == gguf.TENSOR_NAMES[T.ROPE_FACTORS_SHORT]:
+        return np.asarray(spec.rope.short_factor, dtype=np.float32)
+    raise ValueError(f"no computed tensor {name}")
 
 
 def rope_freqs(spec: ModelSpec) -> np.ndarray | None:

@@ -18,15 +18,12 @@ from dataclasses import dataclass
 import gguf
 
 from ..errors import ModelError, UsageError
-from ..models.gguf_source import GLOBAL_NAMES, LAYER_NAMES
 from ..models.spec import ModelSpec
+from .layout import arch_name, layout
 
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
 
-# our family -> GGUF architecture (Mistral runs as llama in llama.cpp, as its converter does)
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-PERMUTED_ARCHS = ("llama",)  # llama.cpp interleaves q/k rows for its rope kernel on these
 
 
 @dataclass(frozen=True)
@@ -62,19 +59,18 @@ OUT_TYPES = {
 _UNQUANTIZED = (Q.F32, Q.F16, Q.BF16)
 # llama.cpp's tensor_type_fallback: the 32-wide type to use when 256 does not divide a row
 _FALLBACK = {Q.Q2_K: Q.Q4_0, Q.Q3_K: Q.Q4_0, Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
-_HF_LAYER = {hf: gg for gg, hf in LAYER_NAMES.items()}  # the reader's table, inverted: no drift
-_HF_GLOBAL = {hf: gg for gg, hf in GLOBAL_NAMES.items()}
 
 
 @dataclass(frozen=True)
 class TensorPlan:
     name: str  # GGUF name: blk.3.attn_q.weight
-    hf_name: str | None  # where the data comes from (None: computed, e.g. rope_freqs)
+    hf_name: str | None  # where the data comes from (None: computed, e.g. rope_freqs, or stacked)
     shape: tuple[int, ...]  # torch order, rows first
     ggml_type: str  # "Q4_K"
     nbytes: int
     note: str = ""  # why it is not the default type: "output rule", "fallback ...", "promoted ..."
     fallback_from: str | None = None  # the type wanted before the row length forced another
+    sources: tuple[str, ...] = ()  # every HF tensor it is made of (MoE experts: one per expert)
 
 
 @dataclass(frozen=True)
@@ -105,70 +101,31 @@ def parse_out_type(name: str) -> OutType:
 
 
 def gguf_architecture(spec: ModelSpec) -> str:
-    arch = GGUF_ARCH.get(spec.family)
-    if arch is None:
-        supported = ", ".join(GGUF_ARCH)
-        raise ModelError(f"cannot convert architecture '{spec.family}' to GGUF: supported are {supported}")
-    return arch
+    """The GGUF (llama.cpp) architecture name of the spec's family: gguf-py's MODEL_ARCH_NAMES."""
+    return arch_name(spec)
 
 
-def gguf_tensor_name(hf_name: str) -> str | None:
-    """'model.layers.3.self_attn.q_proj.weight' -> 'blk.3.attn_q.weight'; None if not a model weight."""
-    stem, _, suffix = hf_name.rpartition(".")
-    if stem in _HF_GLOBAL:
-        return f"{_HF_GLOBAL[stem]}.{suffix}"
-    parts = stem.split(".", 3)
-    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in _HF_LAYER:
-        return f"blk.{parts[2]}.{_HF_LAYER[parts[3]]}.{suffix}"
-    return None
-
-
-def spec_tensors(spec: ModelSpec) -> list[tuple[str, str | None, tuple[int, ...]]]:
-    """(GGUF name, HF name, shape) of every tensor the file holds, in writing order."""
-    h, q, kv, inter = spec.hidden_size, spec.q_size, spec.kv_size, spec.intermediate_size
-    layer = {  # HF module -> (weight shape, has a bias)
-        "input_layernorm": ((h,), False),
-        "self_attn.q_proj": ((q, h), spec.qkv_bias),
-        "self_attn.k_proj": ((kv, h), spec.qkv_bias),
-        "self_attn.v_proj": ((kv, h), spec.qkv_bias),
-        "self_attn.o_proj": ((h, q), spec.o_bias),
-        "post_attention_layernorm": ((h,), False),
-        "mlp.gate_proj": ((inter, h), spec.mlp_bias),
-        "mlp.up_proj": ((inter, h), spec.mlp_bias),
-        "mlp.down_proj": ((h, inter), spec.mlp_bias),
-    }
-    hf: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (spec.vocab_size, h))]
-    for i in range(spec.num_layers):
-        for module, (shape, has_bias) in layer.items():
-            hf.append((f"model.layers.{i}.{module}.weight", shape))
-            if has_bias:
-                hf.append((f"model.layers.{i}.{module}.bias", shape[:1]))
-    hf.append(("model.norm.weight", (h,)))
-    if not spec.tie_word_embeddings:
-        hf.append(("lm_head.weight", (spec.vocab_size, h)))
-    out: list[tuple[str, str | None, tuple[int, ...]]] = []
-    if spec.rope.freq_factors is not None or spec.rope.kind == "llama3":
-        out.append(("rope_freqs.weight", None, (spec.head_dim // 2,)))  # computed, not read
-    out += [(gguf_tensor_name(name), name, shape) for name, shape in hf]
-    return out
+def spec_tensors(spec: ModelSpec) -> list[tuple[str, tuple[str, ...], tuple[int, ...]]]:
+    """(GGUF name, HF sources, shape) of every tensor the file holds, in writing order."""
+    return [(t.name, t.sources, t.shape) for t in layout(spec)]
 
 
 def plan_conversion(spec: ModelSpec, out: OutType) -> ConversionPlan:
     arch = gguf_architecture(spec)
     tensors = []
-    for name, hf_name, shape in spec_tensors(spec):
+    for name, sources, shape in spec_tensors(spec):
         qtype, note, wanted = tensor_type(name, shape, out, spec)
         fallback_from = wanted.name if wanted != qtype else None
-        tensors.append(
-            TensorPlan(name, hf_name, shape, qtype.name, _nbytes(shape, qtype), note, fallback_from)
-        )
+        hf_name = sources[0] if len(sources) == 1 else None
+        nbytes = _nbytes(shape, qtype)
+        tensors.append(TensorPlan(name, hf_name, shape, qtype.name, nbytes, note, fallback_from, sources))
     return ConversionPlan(out, arch, tuple(tensors))
 
 
 def tensor_type(name: str, shape: tuple[int, ...], out: OutType, spec: ModelSpec) -> tuple[Q, str, Q]:
     """(ggml type, why it differs from out.default, the type wanted before any fallback)."""
-    if len(shape) < 2 or not name.endswith(".weight") or name.endswith("_norm.weight"):
-        return Q.F32, "", Q.F32  # llama.cpp never quantizes 1-D tensors, norms or biases
+    if len(shape) < 2 or not name.endswith(".weight") or name.endswith(("_norm.weight", "ffn_gate_inp.weight")):
+        return Q.F32, "", Q.F32  # llama.cpp never quantizes 1-D tensors, norms, biases or MoE routers
     if out.default in _UNQUANTIZED:
         return out.default, "", out.default
     cols = shape[-1]  # ggml's ne[0]: the row length the blocks run along
@@ -195,8 +152,11 @@ def _mix_type(name: str, out: OutType, spec: ModelSpec) -> tuple[Q, str]:
     # llama.cpp counts these tensors in file order, which its loader sorts by layer: the
     # counter is the layer index.
     i, n = int(name.split(".")[1]), spec.num_layers
-    kind = name.split(".")[2]
+    kind = name.split(".")[2].removesuffix("_exps")  # llama.cpp matches ffn_down in ffn_down_exps too
     m = out.name
+    if kind == "attn_qkv":  # fused q/k/v (Phi-3)
+        new = {"q3_k_m": Q.Q4_K, "q4_k_m": Q.Q5_K, "q5_k_m": Q.Q6_K}.get(m, out.default)
+        return new, _promoted(new, out)
     if kind == "attn_v":
         new = out.default
         if m == "q2_k":

@@ -3,8 +3,9 @@
 The plan (plan.py) fixes every tensor's name, shape and type from the ModelSpec, so the
 header is written first and the tensors stream after it, one at a time: a model never sits
 in memory twice, quantized. GPTQ/AWQ checkpoints are dequantized to float first (GGUF has no
-GPTQ blocks). llama's q/k rows are permuted to llama.cpp's interleaved rotary order (the
-exact inverse of gguf_source.unpermute_rows). The file is written beside the target under a
+GPTQ blocks). Names and per-tensor transforms (q/k rows interleaved for llama.cpp's rotary on
+the architectures that need it, experts stacked, Gemma's norms stored as 1 + w) are
+layout.py's, shared with the reader. The file is written beside the target under a
 temporary name and renamed at the end: a failure leaves nothing behind.
 Block quantizers: gguf-py for F16/BF16/Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, kernels.ggml_kquants for K.
 """
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, UsageError
-from ..models.gguf_source import GGUFSource, permute_rows
+from ..models.gguf_source import GGUFSource
 from ..models.loader import LoadedModel, load_model, load_spec
 from ..models.resolve import ModelSource, SourceFormat, resolve_model
 from ..models.spec import ModelSpec
 from ..progress import ProgressFn, no_progress
 from . import metadata as meta
-from .plan import PERMUTED_ARCHS, ConversionPlan, parse_out_type, plan_conversion
+from .layout import to_gguf
+from .plan import ConversionPlan, parse_out_type, plan_conversion
 from .vocab import VocabMetadata
 
 Q = gguf.GGMLQuantizationType
@@ -219,22 +221,20 @@ def _write_tensors(
 
 
 def _quantized_tensors(plan: ConversionPlan, weights: dict, spec: ModelSpec) -> Iterator[np.ndarray]:
-    permuted = plan.architecture in PERMUTED_ARCHS
+    def source(hf_name: str) -> torch.Tensor:
+        tensor = weights.get(hf_name)
+        if tensor is None:
+            raise ModelError(f"the model has no tensor {hf_name}")
+        return to_gguf(spec, hf_name, tensor.detach().float())
 
     def job(t) -> np.ndarray:
-        if t.hf_name is None:
-            array = meta.rope_freqs(spec)
+        if not t.sources:
+            array = meta.computed_tensor(spec, t.name)
         else:
-            tensor = weights.get(t.hf_name)
-            if tensor is None:
-                raise ModelError(f"the model has no tensor {t.hf_name} (needed for {t.name})")
+            parts = [source(name) for name in t.sources]
+            tensor = parts[0] if len(parts) == 1 else torch.stack(parts)  # experts: [E, rows, cols]
             if tuple(tensor.shape) != t.shape:
-                raise ModelError(f"tensor {t.hf_name} has shape {tuple(tensor.shape)}, expected {t.shape}")
-            tensor = tensor.detach().float()
-            if permuted and ".q_proj." in t.hf_name:
-                tensor = permute_rows(tensor, spec.num_heads)
-            elif permuted and ".k_proj." in t.hf_name:
-                tensor = permute_rows(tensor, spec.num_kv_heads)
+                raise ModelError(f"{t.name}: shape {tuple(tensor.shape)} from the model, expected {t.shape}")
             array = tensor.contiguous().numpy()
         data = quantize(array, Q[t.ggml_type])
         if data.nbytes != t.nbytes:
