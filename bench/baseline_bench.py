@@ -43,6 +43,10 @@ def run(env_path: str | None, args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _runs(results: list[dict]) -> str:
+    return ", ".join("%.1f" % r["output_tok_s"] for r in results)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="the baseline commit")
@@ -74,7 +78,7 @@ def main() -> None:
         f"Reproduce: `make bench-baseline BASE={base}`.\n\n"
         "| tree | output tok/s (median) | runs |\n|---|---|---|\n"
         + "".join(
-            f"| {k} | {med[k]:.1f} | {', '.join(f'{r['output_tok_s']:.1f}' for r in v)} |\n" for k, v in runs.items()
+            f"| {k} | {med[k]:.1f} | {_runs(v)} |\n" for k, v in runs.items()
         )
         + f"\nRatio current / baseline: **{ratio:.3f}**; first greedy tokens identical: {same}.\n"
     )
