@@ -132,19 +132,20 @@ def test_config_errors():
     QuantConfig(method="gptq", group_size=64).check_group_size({"a": 576, "b": 1536})
 
 
-def test_staged_layer_matches_the_model_forward(tiny_model):
+def test_layer_runner_matches_the_model_forward(tiny_model):
+    """Calibration runs the model's own layers: layer by layer over packed windows it gives
+    the whole model's forward."""
     from llmtool.core.models.context import PrefillContext
     from llmtool.core.models.loader import load_model
 
     _, path, _ = tiny_model
     model = load_model(str(path), dtype=torch.float32, device="cpu", with_tokenizer=False).model
     windows = [list(range(3, 19)), list(range(40, 56))]
-    batch = layers.Batch(model, 2, 16, torch.float32)
-    x = layers.embed(model, windows, torch.float32)
-    for layer in model.model.layers:
-        x = layers.forward(copy.deepcopy(layer), x, batch)
-    ids = torch.tensor([t for w in windows for t in w])
-    positions = torch.arange(16).repeat(2)
+    runner = layers.LayerRunner(model, 2, 16, torch.float32)
     with torch.inference_mode():
-        ref = model(ids, positions, PrefillContext([16, 16], model.spec))
-    torch.testing.assert_close(model.model.norm(x), ref, rtol=1e-4, atol=1e-4)
+        stream = runner.embed(windows)
+        for i, layer in enumerate(model.model.layers):
+            stream = runner.run(i, copy.deepcopy(layer), stream)
+        ids = torch.tensor([t for w in windows for t in w])
+        ref = model(ids, torch.arange(16).repeat(2), PrefillContext([16, 16], model.spec))
+    torch.testing.assert_close(runner.final(stream), ref, rtol=1e-4, atol=1e-4)

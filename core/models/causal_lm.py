@@ -79,14 +79,8 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx) -> torch.Tensor:
         """input_ids, positions [N] (all sequences packed) -> final hidden states [N, hidden]."""
-        x = self.model.embed_tokens(input_ids)  # [N, h]
-        if self.spec.embed_scale != 1.0:
-            # As transformers: the scale rounded to the activations' dtype first (Gemma: sqrt(h)).
-            x = x * torch.tensor(self.spec.embed_scale, dtype=x.dtype)
-        tables = {}
-        for rope, table in self.rotaries.items():
-            cos, sin = table.lookup(positions, x.dtype)  # [N, D'] each
-            tables[rope] = (cos, signed_sin(sin))  # once per forward, not per layer
+        x = self.embed(input_ids)  # [N, h]
+        tables = self.rope_tables(positions, x.dtype)
         residual = None
         for layer, rope in zip(self.model.layers, self.layer_ropes, strict=True):
             cos, sin = tables[rope]
@@ -94,6 +88,22 @@ class CausalLM(nn.Module):
         if residual is None:
             return self.model.norm(x)
         return self.model.norm.add_forward(x, residual)[0]
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [N] -> the first layer's input [N, h] (quantize's calibration starts here too)."""
+        x = self.model.embed_tokens(input_ids)
+        if self.spec.embed_scale != 1.0:
+            # As transformers: the scale rounded to the activations' dtype first (Gemma: sqrt(h)).
+            x = x * torch.tensor(self.spec.embed_scale, dtype=x.dtype)
+        return x
+
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> dict:
+        """rope -> (cos, signed sin) [N, D'] for these positions; layer i reads layer_ropes[i]."""
+        tables = {}
+        for rope, table in self.rotaries.items():
+            cos, sin = table.lookup(positions, dtype)  # [N, D'] each
+            tables[rope] = (cos, signed_sin(sin))  # once per forward, not per layer
+        return tables
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, h] -> fp32 logits [N, vocab]; callers pass only the rows they sample."""

@@ -3,21 +3,33 @@ up before rounding (and the activations down by as much, folded into the op befo
 shrink each group's range where clipping outliers lowers the output error. The final
 rounding is plain RTN on the scaled, clipped weights: AWQ changes WHAT is rounded.
 
-Per decoder layer, on a sample of the calibration windows:
-  1. q/k/v: s from input_layernorm's output, loss on the attention block's output; s folds
-     into input_layernorm's weight.
-  2. o_proj: only when v_proj's output feeds it one-to-one (no GQA); s folds into v_proj's rows.
-  3. gate/up: loss on the MLP's output; s folds into post_attention_layernorm.
-  4. down_proj: s folds into up_proj's rows (silu(gate) * up is linear in up).
+Per decoder layer, on a sample of the calibration windows, one forward of the layer's own
+modules (hooks, layers.py) records every linear's input; then, in the order data flows, each
+scalable group gets s (loss on the output of the block it opens) folded into the op before
+it. Where s can fold comes from the block recipe (plan()):
+  1. the attention's q/k/v (or Phi-3's qkv_proj): into the norm before attention
+     (input_layernorm in "pre" and "sandwich" blocks); "post" blocks (OLMo 2) have no norm
+     there, the input is the residual stream itself: not scaled.
+  2. o_proj: into v_proj's rows, only when v's channels are o_proj's inputs one-to-one (no GQA).
+  3. a dense MLP's gate/up: into the norm before the MLP (post_attention_layernorm in "pre",
+     pre_feedforward_layernorm in "sandwich"; none in "post": not scaled). MoE experts'
+     gate/up: not scaled, the router reads the same norm output (and is never touched).
+  4. every MLP's (each expert's) down_proj: into up_proj's rows (act(gate) * up is linear in up).
   5. Clipping for every linear but q/k (their errors pass through softmax; AutoAWQ skips them too).
-The next layer's input comes from this layer with scaled (unrounded) weights, as in AutoAWQ.
+Folding is exact, so the inputs recorded before a fold stay valid for the groups after it;
+a scaled group's own input becomes x / s. The next layer's input comes from this layer with
+scaled (unrounded) weights, as in AutoAWQ.
 """
+
+from dataclasses import dataclass
 
 import torch
 
+from ..models.layers.attention import Attention
+from ..models.layers.mlp import MLP
 from . import layers
 from .config import QuantConfig
-from .gptq_layers import LinearResult, set_weight
+from .gptq_layers import LinearResult, rtn_linear, set_weight
 from .grid import fake_quantize_grouped, grid_params, grouped, quantize_rtn
 
 NUM_ALPHAS = 20  # scale exponents 0, 0.05, ..., 0.95
@@ -65,26 +77,71 @@ def search_clip(w: torch.Tensor, inputs: torch.Tensor, config: QuantConfig) -> t
     return torch.maximum(torch.minimum(wg, best_max), -best_max).reshape(w.shape)
 
 
+@dataclass(frozen=True)
+class Step:
+    names: tuple[str, ...]  # the linears scaled together (one shared input)
+    fold: tuple | None  # ("norm", name) | ("rows", linear name, first row, row count) | None: not scaled
+    inspect: str  # the module whose output the loss compares (a block, or the linear itself)
+
+
+_NORM_BEFORE = {  # block recipe -> (norm before attention, norm before the MLP)
+    "pre": ("input_layernorm", "post_attention_layernorm"),
+    "sandwich": ("input_layernorm", "pre_feedforward_layernorm"),
+    "post": (None, None),
+}
+
+
+def plan(layer) -> list[Step]:
+    """The layer's scaling steps, in the order data flows, from its block recipe and modules."""
+    attn_norm, mlp_norm = _NORM_BEFORE[layer.block]
+    attn: Attention = layer.self_attn
+    steps = []
+    q_size, kv_size = attn.sizes[0], attn.sizes[1]
+    if attn.qkv_proj is not None:  # stored fused (Phi-3)
+        qkv, v_rows = ("self_attn.qkv_proj",), ("rows", "self_attn.qkv_proj", q_size + kv_size, kv_size)
+    else:
+        qkv, v_rows = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("rows", "self_attn.v_proj", 0, kv_size)
+    steps.append(Step(qkv, ("norm", attn_norm) if attn_norm else None, "self_attn"))
+    one_to_one = attn.num_heads == attn.num_kv_heads
+    steps.append(Step(("self_attn.o_proj",), v_rows if one_to_one else None, "self_attn.o_proj"))
+    ffn = layer.ffn
+    if isinstance(ffn, MLP):
+        mlps = [(layer.mlp_name, mlp_norm)]
+    else:  # SparseMoE
+        mlps = [(f"{layer.mlp_name}.experts.{e}", None) for e in range(len(ffn.experts))]
+    for name, norm in mlps:
+        mlp: MLP = layer.get_submodule(name)
+        gate, up, down = (f"{name}.{n}" for n in mlp.names)
+        i = mlp.intermediate_size
+        if mlp.gate_up_proj is not None:  # stored fused (Phi-3)
+            gate_up, up_rows = (f"{name}.gate_up_proj",), ("rows", f"{name}.gate_up_proj", i, i)
+        else:
+            gate_up, up_rows = (gate, up), ("rows", up, 0, i)
+        steps.append(Step(gate_up, ("norm", norm) if norm else None, name))
+        steps.append(Step((down,), up_rows, down))
+    return steps
+
+
 def _scale_group(master, work, names, s: torch.Tensor) -> None:
     for name in names:
         set_weight(master, work, name, layers.linear(master, name).weight.float() * s)
 
 
-def _fold_into_norm(master, work, norm_name: str, s: torch.Tensor) -> None:
+def _fold(master, work, fold: tuple, s: torch.Tensor) -> None:
+    """Divide the channels s multiplies out of the op before: a norm's weight (Gemma's
+    (offset + w) as a whole) or a linear's output rows (and bias)."""
     with torch.no_grad():
         for layer in (master, work):
-            norm = layer.get_submodule(norm_name)
-            norm.weight.copy_(norm.weight.float() / s)
-
-
-def _fold_into_rows(master, work, name: str, s: torch.Tensor) -> None:
-    """The op before produces the channels s divides: divide its output rows (and bias)."""
-    with torch.no_grad():
-        for layer in (master, work):
+            if fold[0] == "norm":
+                norm = layer.get_submodule(fold[1])
+                norm.weight.copy_((norm.weight.float() + norm.offset) / s - norm.offset)
+                continue
+            _, name, start, count = fold
             lin = layers.linear(layer, name)
-            lin.weight.copy_(lin.weight.float() / s[:, None])
+            rows = slice(start, start + count)
+            lin.weight[rows] = lin.weight[rows].float() / s[:, None]
             if lin.bias is not None:
-                lin.bias.copy_(lin.bias.float() / s)
+                lin.bias[rows] = lin.bias[rows].float() / s
 
 
 def _swap(work, names, weights):
@@ -116,55 +173,57 @@ def _searched(master, work, names, inputs, block, config):
     return search_scale(inputs, weights, run, target, config)
 
 
-@torch.inference_mode()
-def awq_layer(master, work, x, batch, search: layers.Batch, config: QuantConfig, prefix: str):
-    """Scale, clip and round one layer; x [B*T, h] its input. Returns (the scaled fp layer's
-    output on all of x, {full linear name: LinearResult})."""
-    xs = x[: search.num_windows * search.seq_len]
-    attn = work.self_attn
-    # 1. q/k/v against the attention output.
-    h1 = layers.attn_input(work, xs)
-    s = _searched(master, work, layers.QKV, h1, lambda: layers.attention(work, h1, search), config)
-    _fold_into_norm(master, work, "input_layernorm", s)
-    _scale_group(master, work, layers.QKV, s)
-    # 2. o_proj, where v_proj's channels are its inputs one-to-one.
-    h1 = layers.attn_input(work, xs)
-    a = layers.attn_core(work, h1, search)
-    if attn.v_proj.weight.shape[0] == attn.o_proj.weight.shape[1]:
-        s = _searched(master, work, layers.O_PROJ, a, lambda: attn.o_proj(a), config)
-        _fold_into_rows(master, work, "self_attn.v_proj", s)
-        _scale_group(master, work, layers.O_PROJ, s)
-        a = layers.attn_core(work, h1, search)
-    # 3. gate/up against the MLP output.
-    x2 = xs + attn.o_proj(a)
-    h2 = layers.mlp_input(work, x2)
-    s = _searched(master, work, layers.GATE_UP, h2, lambda: layers.mlp(work, h2), config)
-    _fold_into_norm(master, work, "post_attention_layernorm", s)
-    _scale_group(master, work, layers.GATE_UP, s)
-    # 4. down_proj against its own output.
-    h2 = layers.mlp_input(work, x2)
-    m = layers.mlp_core(work, h2)
-    s = _searched(master, work, layers.DOWN, m, lambda: work.mlp.down_proj(m), config)
-    _fold_into_rows(master, work, "mlp.up_proj", s)
-    _scale_group(master, work, layers.DOWN, s)
-    m = layers.mlp_core(work, h2)
+def _no_clip(name: str) -> bool:
+    """q and k (fused or not): their rounding passes through softmax; AutoAWQ leaves them unclipped."""
+    last = name.rsplit(".", 1)[-1]
+    return last in ("q_proj", "k_proj", "qkv_proj")
 
-    # 5. clip, round, and measure. The next layer sees the scaled, unrounded layer.
-    out = layers.forward(work, x, batch)
-    inputs = {"self_attn.q_proj": h1, "self_attn.k_proj": h1, "self_attn.v_proj": h1, "self_attn.o_proj": a}
-    inputs |= {"mlp.gate_proj": h2, "mlp.up_proj": h2, "mlp.down_proj": m}
+
+@torch.inference_mode()
+def awq_layer(master, work, run, stream, search_run, search_stream, config: QuantConfig, prefix: str):
+    """Scale, clip and round one layer. run(module, stream) is its real forward on all the
+    calibration windows (stream: its input), search_run / search_stream the same on the
+    search sample. Returns (the scaled fp layer's output on all windows, {full linear name:
+    LinearResult})."""
+    steps = plan(work)
+    names = layers.linear_names(work)
+    inspected = [s.inspect for s in steps if not isinstance(work.get_submodule(s.inspect), torch.nn.Linear)]
+    inputs: dict[str, torch.Tensor] = {}
+    block_args: dict[str, tuple] = {}
+    with layers.Hooks(work, names, lambda n, x: inputs.__setitem__(n, x)), \
+         layers.Hooks(work, inspected, lambda n, a: block_args.__setitem__(n, a), with_args=True):  # fmt: skip
+        search_run(work, search_stream)
+
+    for step in steps:
+        x = inputs.get(step.names[0])
+        if step.fold is None or x is None:  # nothing to fold into, or no token reached it
+            continue
+        module = work.get_submodule(step.inspect)
+        args = block_args.get(step.inspect, (x,))
+        s = _searched(master, work, step.names, x, lambda: module(*args), config)
+        _fold(master, work, step.fold, s)
+        _scale_group(master, work, step.names, s)
+        scaled = (x.float() / s).to(x.dtype)  # the group's input under the fold
+        for name in step.names:
+            inputs[name] = scaled
+
+    # Clip, round, and measure. The next layer sees the scaled, unrounded layer.
+    out = run(work, stream)
     results = {}
-    for group in layers.GROUPS:
-        for name in group:
-            if config.skips(prefix + name):
-                continue
-            w = layers.linear(master, name).weight.detach().float()
-            clipped = w if name in ("self_attn.q_proj", "self_attn.k_proj") else search_clip(w, inputs[name], config)
-            weight = quantize_rtn(clipped, config.bits, config.group_size, config.is_sym)
-            q = weight.dequantize()
-            x_in = inputs[name][:: max(inputs[name].shape[0] // 4096, 1)].float()
-            ref = x_in @ w.t()
-            error = float((x_in @ (w - q).t()).pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))
-            results[prefix + name] = LinearResult(weight, error)
-            set_weight(master, work, name, q)
+    for name in names:
+        if config.skips(prefix + name):
+            continue
+        x_in = inputs.get(name)
+        if x_in is None:  # an expert no search token reached: plain rounding
+            rtn_linear(master, work, name, config, results, prefix)
+            continue
+        w = layers.linear(master, name).weight.detach().float()
+        clipped = w if _no_clip(name) else search_clip(w, x_in, config)
+        weight = quantize_rtn(clipped, config.bits, config.group_size, config.is_sym)
+        q = weight.dequantize()
+        x_in = x_in[:: max(x_in.shape[0] // 4096, 1)].float()
+        ref = x_in @ w.t()
+        error = float((x_in @ (w - q).t()).pow(2).sum() / ref.pow(2).sum().clamp(min=1e-30))
+        results[prefix + name] = LinearResult(weight, error)
+        set_weight(master, work, name, q)
     return out, results

@@ -1,7 +1,9 @@
 """GPTQ over a decoder layer, true-sequentially: each group of linears is quantized from
-the inputs it sees once the linears before it in the layer are ALREADY quantized (q/k/v,
-then o_proj, then gate/up, then down_proj), so later solves correct earlier rounding; and
-the layer's output (the next layer's input) comes from the quantized layer.
+the inputs it sees once the linears before it in the layer are ALREADY quantized (Llama:
+q/k/v, then o_proj, then gate/up, then down_proj; MoE: each expert's gate/up, then its
+down), so later solves correct earlier rounding; and the layer's output (the next layer's
+input) comes from the quantized layer. The inputs come from hooks on the layer's own
+forward (layers.py).
 
 Linears sharing an input are solved as one row-stacked matrix (rows are independent given
 H): same result as one solve each, a third of the sequential column loops.
@@ -14,7 +16,7 @@ import torch
 from . import layers
 from .config import QuantConfig
 from .gptq import Hessian, gptq_quantize
-from .grid import QuantizedWeight
+from .grid import QuantizedWeight, quantize_rtn
 
 _HESSIAN_ROWS = 8192  # tokens per fp32 copy while accumulating H (bounds the temporary)
 
@@ -74,20 +76,40 @@ def quantize_group(master, work, names, inputs: torch.Tensor, config: QuantConfi
 
 
 @torch.inference_mode()
-def gptq_layer(master, work, x: torch.Tensor, batch: layers.Batch, config: QuantConfig, prefix: str) -> tuple[torch.Tensor, dict]:
-    """Quantize one layer; x is its input [B*T, h] in the working dtype. Returns (the quantized
-    layer's output, {full linear name: LinearResult})."""
+def gptq_layer(master, work, run, stream, config: QuantConfig, prefix: str) -> tuple[layers.Stream, dict]:
+    """Quantize one layer; run(module, stream) is its real forward over the calibration
+    windows, stream its input in the working dtype. Returns (the quantized layer's output,
+    {full linear name: LinearResult}).
+
+    One forward finds the groups (linears sharing an input); a second quantizes each group in
+    its first linear's pre-hook, from the input it is about to read, so every group is solved
+    on the outputs of the groups before it ALREADY quantized, and that forward's output is the
+    quantized layer's. Experts no calibration token reached are rounded (RTN)."""
+    names = [n for n in layers.linear_names(work) if not config.skips(prefix + n)]
+    groups = layers.discover_groups(work, names, lambda: run(work, stream))
+    group_of = {name: i for i, group in enumerate(groups) for name in group}
+    done: set[int] = set()
     results: dict[str, LinearResult] = {}
-    h1 = layers.attn_input(work, x)
-    quantize_group(master, work, layers.QKV, h1, config, results, prefix)
-    a = layers.attn_core(work, h1, batch)
-    del h1
-    quantize_group(master, work, layers.O_PROJ, a, config, results, prefix)
-    x = x + work.self_attn.o_proj(a)
-    del a
-    h2 = layers.mlp_input(work, x)
-    quantize_group(master, work, layers.GATE_UP, h2, config, results, prefix)
-    m = layers.mlp_core(work, h2)
-    del h2
-    quantize_group(master, work, layers.DOWN, m, config, results, prefix)
-    return x + work.mlp.down_proj(m), results
+
+    def solve(name, x):
+        g = group_of.get(name)
+        if g is not None and g not in done:
+            done.add(g)
+            quantize_group(master, work, groups[g], x.reshape(-1, x.shape[-1]), config, results, prefix)
+
+    with layers.Hooks(work, names, solve):
+        out = run(work, stream)
+    for name in names:
+        if prefix + name not in results:
+            rtn_linear(master, work, name, config, results, prefix)
+    return out, results
+
+
+def rtn_linear(master, work, name: str, config: QuantConfig, results: dict, prefix: str) -> None:
+    """Round to nearest (GPTQ v1's grid). No calibration data: the error is the weight's own,
+    |W - Q|^2 / |W|^2."""
+    w = layers.linear(master, name).weight.detach().float()
+    weight = quantize_rtn(w, config.bits, config.group_size, config.is_sym, min_zero=1)  # GPTQ v1 file
+    q = weight.dequantize()
+    results[prefix + name] = LinearResult(weight, float((w - q).pow(2).sum() / w.pow(2).sum().clamp(min=1e-30)))
+    set_weight(master, work, name, q)

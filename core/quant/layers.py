@@ -1,106 +1,117 @@
-"""One decoder layer taken apart into the stages calibration needs.
+"""Calibration through the model's own modules: a decoder layer runs its real forward
+(layers/decoder.py, with a PrefillContext) over the calibration windows, and forward hooks on
+its nn.Linear modules see each linear's input while it runs. No second copy of the block:
+whatever a family's recipe does (norm placement, q/k norms, GeGLU, MoE routing, fused
+Phi-3 projections), calibration sees it because the layer does it.
 
-Quantizing layer by layer needs the INPUT of each linear (GPTQ's Hessian, AWQ's activation
-scale) and the OUTPUT of the block it feeds (AWQ's loss), under weights that change between
-stages (GPTQ quantizes q/k/v before it measures what o_proj sees). So the layer's forward is
-written out here as stages over the whole calibration batch: B windows of T tokens each,
-packed [B*T, h]. All windows have the same length, so attention runs as one batched causal
-SDPA call instead of a loop over sequences.
+The stream between layers is the pair DecoderLayer passes, (x, residual), over all windows
+packed [B*T, h]: B windows of T tokens each.
 
-Same arithmetic as layers/decoder.py's forward (the tests check the composition against it).
+Groups: linears that read the SAME input tensor in a forward (q/k/v, gate/up, one expert's
+gate/up) are found by watching the hooks: consecutive calls with an identical input object
+form one group. A MoE router (SparseMoE.gate) is never a quantizable linear; norms are not
+linears.
 """
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from ...kernels import apply_rotary_signed, rms_norm, signed_sin, silu_and_mul
 from ..models.causal_lm import CausalLM
-from ..models.layers.decoder import DecoderLayer
+from ..models.context import PrefillContext
+from ..models.layers.moe import SparseMoE
 
-# The linears of a decoder layer in the order data reaches them, grouped by shared input.
-QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-O_PROJ = ("self_attn.o_proj",)
-GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
-DOWN = ("mlp.down_proj",)
-GROUPS = (QKV, O_PROJ, GATE_UP, DOWN)
+Stream = tuple[torch.Tensor, torch.Tensor | None]  # (x, residual) as DecoderLayer passes them
 
 
-def linear(layer: DecoderLayer, name: str) -> torch.nn.Linear:
-    return layer.get_submodule(name)
+def linear(module: nn.Module, name: str) -> nn.Linear:
+    return module.get_submodule(name)
 
 
-class Batch:
-    """The calibration windows' shared per-model inputs: shape, rotary angles."""
+def routers(module: nn.Module, prefix: str = "") -> set[str]:
+    """Names of the MoE routers under module: linears that are never quantized."""
+    return {f"{prefix}{name}.gate" if name else f"{prefix}gate" for name, m in module.named_modules() if isinstance(m, SparseMoE)}
+
+
+def linear_names(layer: nn.Module) -> list[str]:
+    """The layer's quantizable linears (every expert's included, routers not), in module order."""
+    skip = routers(layer)
+    return [name for name, m in layer.named_modules() if isinstance(m, nn.Linear) and name not in skip]
+
+
+class LayerRunner:
+    """Runs decoder layers over the calibration windows: their rotary tables and attention
+    context, computed once."""
 
     def __init__(self, model: CausalLM, num_windows: int, seq_len: int, dtype: torch.dtype):
-        self.num_windows, self.seq_len = num_windows, seq_len
+        self.model, self.num_windows, self.seq_len, self.dtype = model, num_windows, seq_len, dtype
         positions = torch.arange(seq_len).repeat(num_windows)  # [B*T]
-        cos, sin = model.rotary.lookup(positions, dtype)
-        self.cos, self.sin = cos, signed_sin(sin)
-        self.scale = model.spec.head_dim**-0.5
-        self.window = model.spec.sliding_window
+        self.tables = model.rope_tables(positions, dtype)
+        self.ctx = PrefillContext([seq_len] * num_windows, model.spec)
 
-    def subset(self, num_windows: int) -> "Batch":
+    def embed(self, windows: list[list[int]]) -> Stream:
+        ids = torch.tensor([t for w in windows for t in w], dtype=torch.long)
+        return self.model.embed(ids).to(self.dtype), None  # [B*T, h]
+
+    def subset(self, num_windows: int) -> "LayerRunner":
         """The first num_windows windows (AWQ searches on a sample)."""
-        out = object.__new__(Batch)
-        out.__dict__.update(self.__dict__)
-        n = num_windows * self.seq_len
-        out.num_windows, out.cos, out.sin = num_windows, self.cos[:n], self.sin[:n]
-        return out
+        return LayerRunner(self.model, num_windows, self.seq_len, self.dtype)
+
+    def cut(self, stream: Stream) -> Stream:
+        """The rows of this runner's windows (the first ones) out of a longer stream."""
+        n = self.num_windows * self.seq_len
+        x, residual = stream
+        return x[:n], None if residual is None else residual[:n]
+
+    def run(self, index: int, layer: nn.Module, stream: Stream) -> Stream:
+        """Decoder layer `index` (or a working copy of it) over the stream: its real forward."""
+        cos, sin = self.tables[self.model.layer_ropes[index]]
+        return layer(stream[0], stream[1], cos, sin, self.ctx)
+
+    def final(self, stream: Stream) -> torch.Tensor:
+        """The final norm over the last layer's stream: the model's hidden states."""
+        x, residual = stream
+        norm = self.model.model.norm
+        return norm(x) if residual is None else norm.add_forward(x, residual)[0]
 
 
-def attn_input(layer: DecoderLayer, x: torch.Tensor) -> torch.Tensor:
-    return rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.eps)
+class Hooks:
+    """Forward pre-hooks calling fn(name, input) on the named submodules while a forward runs."""
+
+    def __init__(self, module: nn.Module, names, fn: Callable[[str, torch.Tensor], None], with_args: bool = False):
+        self.handles = []
+        for name in names:
+            sub = module.get_submodule(name)
+            if with_args:
+                hook = (lambda n: lambda _m, args: fn(n, args))(name)
+            else:
+                hook = (lambda n: lambda _m, args: fn(n, args[0]))(name)
+            self.handles.append(sub.register_forward_pre_hook(hook))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
 
 
-def attn_core(layer: DecoderLayer, h: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Normed input [N, h] -> attention output before o_proj [N, Hq*D]."""
-    attn = layer.self_attn
-    b, t = batch.num_windows, batch.seq_len
-    q = attn.q_proj(h).view(b * t, attn.num_heads, attn.head_dim)
-    k = attn.k_proj(h).view(b * t, attn.num_kv_heads, attn.head_dim)
-    v = attn.v_proj(h).view(b * t, attn.num_kv_heads, attn.head_dim)
-    q, k = apply_rotary_signed(q, batch.cos, batch.sin), apply_rotary_signed(k, batch.cos, batch.sin)
+def discover_groups(layer: nn.Module, names: list[str], run: Callable[[], object]) -> list[list[str]]:
+    """Run the forward once and group the linears that read the same input tensor, in the
+    order data reaches them. Linears the forward never calls (an expert no token was routed
+    to) are left out."""
+    groups: list[list[str]] = []
+    last = [None]
 
-    def heads_first(x):  # [B*T, H, D] -> [B, H, T, D]
-        return x.view(b, t, x.shape[1], x.shape[2]).transpose(1, 2)
+    def seen(name, x):
+        if groups and x is last[0]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last[0] = x
 
-    if batch.window is None or batch.window >= t:
-        out = F.scaled_dot_product_attention(
-            heads_first(q), heads_first(k), heads_first(v), is_causal=True, scale=batch.scale, enable_gqa=True
-        )
-    else:
-        pos = torch.arange(t)
-        mask = (pos[None, :] <= pos[:, None]) & (pos[:, None] - pos[None, :] < batch.window)
-        out = F.scaled_dot_product_attention(
-            heads_first(q), heads_first(k), heads_first(v), attn_mask=mask, scale=batch.scale, enable_gqa=True
-        )
-    return out.transpose(1, 2).reshape(b * t, attn.num_heads * attn.head_dim)
-
-
-def attention(layer: DecoderLayer, h: torch.Tensor, batch: Batch) -> torch.Tensor:
-    return layer.self_attn.o_proj(attn_core(layer, h, batch))
-
-
-def mlp_input(layer: DecoderLayer, x: torch.Tensor) -> torch.Tensor:
-    norm = layer.post_attention_layernorm
-    return rms_norm(x, norm.weight, norm.eps)
-
-
-def mlp_core(layer: DecoderLayer, h: torch.Tensor) -> torch.Tensor:
-    """Normed input -> the down projection's input, silu(gate) * up [N, intermediate]."""
-    return silu_and_mul(layer.mlp.gate_proj(h), layer.mlp.up_proj(h))
-
-
-def mlp(layer: DecoderLayer, h: torch.Tensor) -> torch.Tensor:
-    return layer.mlp.down_proj(mlp_core(layer, h))
-
-
-def forward(layer: DecoderLayer, x: torch.Tensor, batch: Batch) -> torch.Tensor:
-    x = x + attention(layer, attn_input(layer, x), batch)
-    return x + mlp(layer, mlp_input(layer, x))
-
-
-def embed(model: CausalLM, windows: list[list[int]], dtype: torch.dtype) -> torch.Tensor:
-    ids = torch.tensor([t for w in windows for t in w], dtype=torch.long)
-    return model.model.embed_tokens(ids).to(dtype)  # [B*T, h]
+    with Hooks(layer, names, seen):
+        run()
+    last[0] = None
+    return groups

@@ -24,8 +24,7 @@ from . import layers
 from .awq import awq_layer
 from .calibration import EVALUATION_PLAY, calibration_windows, evaluation_windows
 from .config import QuantConfig
-from .gptq_layers import LinearResult, gptq_layer, set_weight
-from .grid import quantize_rtn
+from .gptq_layers import LinearResult, gptq_layer, rtn_linear
 from .perplexity import perplexity
 from .writer import check_target, hf_config, quantized_state, write_checkpoint
 
@@ -77,19 +76,38 @@ def quantize_model(
     check_target(out_dir, force)
     loaded = load_model(reference, dtype=torch.float32, device="cpu", fast_tokenizer=False, progress=progress)
     tokenizer = loaded.require_tokenizer()
-    model = loaded.model
-    compute = resolve_dtype(dtype, torch.device("cpu"))
-    linears = _quantizable(model, config)
-    if not linears:
-        raise UsageError("--skip leaves no linear layer to quantize")
-    config.check_group_size({name: lin.in_features for name, lin in linears.items()})
-
+    _check_linears(loaded.model, config)
     evaluation = evaluation_windows(tokenizer, config.eval_tokens, config.seq_len)
     calibration = (
         calibration_windows(tokenizer, config.calib, config.num_samples, config.seq_len, config.seed)
         if config.needs_calibration
         else []
     )
+    return quantize_loaded(loaded, reference, out_dir, config, calibration, evaluation, dtype=dtype, force=force,
+                           progress=progress, start=start)  # fmt: skip
+
+
+def quantize_loaded(
+    loaded: LoadedModel,
+    reference: str,
+    out_dir: Path,
+    config: QuantConfig,
+    calibration: list[list[int]],
+    evaluation: list[list[int]],
+    *,
+    dtype: str = "auto",
+    force: bool = False,
+    progress: ProgressFn = no_progress,
+    start: float | None = None,
+) -> QuantReport:
+    """quantize_model's work on a model loaded in fp32, with its token windows given (equal
+    lengths; calibration may be empty for RTN): the entry for models without a tokenizer."""
+    start = time.perf_counter() if start is None else start
+    out_dir = Path(out_dir)
+    check_target(out_dir, force)
+    model = loaded.model
+    _check_linears(model, config)
+    compute = resolve_dtype(dtype, torch.device("cpu"))
     ppl_before = _perplexity(model, evaluation, compute, "perplexity before", progress)
 
     t0 = time.perf_counter()
@@ -106,12 +124,21 @@ def quantize_model(
     return report
 
 
+def _check_linears(model, config: QuantConfig) -> None:
+    linears = _quantizable(model, config)
+    if not linears:
+        raise UsageError("--skip leaves no linear layer to quantize")
+    config.check_group_size({name: lin.in_features for name, lin in linears.items()})
+
+
 def _quantizable(model, config: QuantConfig) -> dict[str, torch.nn.Linear]:
-    return {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear) and name.startswith("model.layers.") and not config.skips(name)
-    }
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        for name in layers.linear_names(layer):
+            full = f"model.layers.{i}.{name}"
+            if not config.skips(full):
+                out[full] = layers.linear(layer, name)
+    return out
 
 
 def _perplexity(model, windows, compute, task, progress) -> float | None:
@@ -133,36 +160,33 @@ def _quantize_layers(model, calibration, config: QuantConfig, compute, progress)
     progress(task, 0, len(decoder))
     if config.method == "rtn":
         for i, layer in enumerate(decoder):
-            _rtn_layer(layer, config, f"model.layers.{i}.", results)
+            for name in layers.linear_names(layer):
+                if not config.skips(f"model.layers.{i}.{name}"):
+                    rtn_linear(layer, layer, name, config, results, f"model.layers.{i}.")
             progress(task, i + 1, len(decoder))
         return results
-    batch = layers.Batch(model, len(calibration), config.seq_len, compute)
-    search = batch.subset(max(1, min(len(calibration), AWQ_SEARCH_TOKENS // config.seq_len)))
-    x = layers.embed(model, calibration, compute)  # [B*T, h]
+    runner = layers.LayerRunner(model, len(calibration), len(calibration[0]), compute)
+    search = runner.subset(max(1, min(len(calibration), AWQ_SEARCH_TOKENS // runner.seq_len)))
+    stream = runner.embed(calibration)  # (x [B*T, h], residual None)
     for i, layer in enumerate(decoder):
         work = copy.deepcopy(layer).to(compute)
         prefix = f"model.layers.{i}."
+
+        def run(module, s, runner=runner, i=i):
+            return runner.run(i, module, s)
+
         if config.method == "gptq":
-            x, found = gptq_layer(layer, work, x, batch, config, prefix)
+            stream, found = gptq_layer(layer, work, run, stream, config, prefix)
         else:
-            x, found = awq_layer(layer, work, x, batch, search, config, prefix)
+
+            def search_run(module, s, i=i):
+                return search.run(i, module, s)
+
+            stream, found = awq_layer(layer, work, run, stream, search_run, search.cut(stream), config, prefix)
         results |= found
         del work
         progress(task, i + 1, len(decoder))
     return results
-
-
-def _rtn_layer(layer, config: QuantConfig, prefix: str, results: dict) -> None:
-    for group in layers.GROUPS:
-        for name in group:
-            if config.skips(prefix + name):
-                continue
-            w = layers.linear(layer, name).weight.detach().float()
-            weight = quantize_rtn(w, config.bits, config.group_size, config.is_sym, min_zero=1)  # GPTQ v1 file
-            q = weight.dequantize()
-            # No calibration data: the error is the weight's own, |W - Q|^2 / |W|^2.
-            results[prefix + name] = LinearResult(weight, float((w - q).pow(2).sum() / w.pow(2).sum()))
-            set_weight(layer, layer, name, q)
 
 
 def _report(loaded: LoadedModel, reference, out_dir, config, compute, results, state, calibration, evaluation,
@@ -170,9 +194,7 @@ def _report(loaded: LoadedModel, reference, out_dir, config, compute, results, s
     errors = {name: r.error for name, r in results.items()}
     worst = max(errors, key=errors.get)
     num_params = sum(p.numel() for p in loaded.model.parameters())
-    total_linears = sum(
-        1 for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")
-    )
+    total_linears = sum(len(layers.linear_names(layer)) for layer in loaded.model.model.layers)
     return QuantReport(
         model=str(reference),
         output=str(out_dir),
