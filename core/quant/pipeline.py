@@ -3,8 +3,9 @@
 Load in fp32 (the master weights every method reads and writes), score held-out
 perplexity, quantize decoder layer by layer, score again, write. Calibration activations
 run through a working copy of ONE layer at a time in the compute dtype (bf16 on CPUs with
-AVX512-BF16): memory holds the fp32 model plus one layer's activations, never two models'
-activations. The perplexities are of the model the checkpoint stores (its rounded weights,
+AVX512-BF16), through that layer's own forward (layers.LayerRunner; hooks capture each
+linear's input), so every family calibrates on its real block: memory holds the fp32 model
+plus one layer's activations, never two models' activations. The perplexities are of the model the checkpoint stores (its rounded weights,
 dequantized), computed the same way before and after.
 """
 
