@@ -32,9 +32,12 @@ SEQ_LEN = 32
 
 # family -> why GPTQModel (transformers' classes) cannot load that family's GPTQ checkpoint.
 PEER_XFAIL: dict[str, str] = {
-    # Seen 2026-12-08, not yet investigated: likely our written config.json lacks the tiny
-    # model's pad_token_id, so Phi3Config's default (32000) exceeds the 512-token vocab.
-    "phi3": "GPTQModel.load fails building the model: 'Padding_idx must be within num_embeddings'",
+    # GPTQModel 7.6 on transformers 5 swaps Mixtral's MoE block for its own unfused one and then
+    # expects mlp.experts.N.{gate,up,down}_proj, not the checkpoint names Mixtral has always had
+    # (block_sparse_moe.experts.N.w1/w3/w2), which we write (and transformers' own save writes).
+    # The same for Phi-3's fused gate_up_proj: it expects mlp.gate_proj / mlp.up_proj.
+    "phi3": "GPTQModel 7.6 expects its defused Phi-3 names mlp.gate_proj/up_proj.qweight, not the checkpoint's gate_up_proj",
+    "mixtral": "GPTQModel 7.6 expects its defused Mixtral names mlp.experts.N.*_proj.qweight, not block_sparse_moe.experts.N.w1/w2/w3",
 }
 
 

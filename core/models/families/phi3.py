@@ -24,7 +24,9 @@ class Phi3(Llama):
 
     @classmethod
     def hf_extra(cls, spec) -> dict:
-        extra = {"sliding_window": spec.sliding_window, "partial_rotary_factor": spec.rope.partial_rotary_factor}
+        extra = {"sliding_window": spec.sliding_window, "partial_rotary_factor": spec.rope.partial_rotary_factor,
+                 # Phi3Config's default pad id (32000) is out of range for a smaller vocabulary.
+                 "pad_token_id": None}  # fmt: skip
         if spec.rope.kind == "longrope":
             extra["original_max_position_embeddings"] = spec.rope.original_max_position
         return extra
