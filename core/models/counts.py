@@ -112,7 +112,7 @@ def kv_bytes_per_token(
     per_layer = kv_bytes_per_layer(spec, bytes_per_element, kv_heads)
     if context is None:
         return spec.num_layers * per_layer
-    return per_layer * sum(min(w, context) if w else context for w in spec.windows) / context
+    return per_layer * sum(n * (min(w, context) if w else context) for w, n in spec.window_counts) / context
 
 
 def kv_cached_bytes(
@@ -121,7 +121,7 @@ def kv_cached_bytes(
     """K and V one sequence of `context` tokens holds (and one decode step reads): windowed
     layers keep only their last W tokens."""
     per_layer = kv_bytes_per_layer(spec, bytes_per_element, kv_heads)
-    return per_layer * sum(min(w, context) if w else context for w in spec.windows)
+    return per_layer * sum(n * (min(w, context) if w else context) for w, n in spec.window_counts)
 
 
 def attended_keys(window: int | None, cached: int, new: int) -> float:
@@ -139,7 +139,7 @@ def attention_flops(spec: ModelSpec, cached: int, new: int, heads: int | None = 
     """FLOPs of QK^T and PV for `new` tokens after `cached` ones, every layer with its window:
     2 x 2 x heads x head_dim per (query, key) pair."""
     heads = spec.num_heads if heads is None else heads
-    pairs = sum(attended_keys(w, cached, new) for w in spec.windows)
+    pairs = sum(n * attended_keys(w, cached, new) for w, n in spec.window_counts)
     return 4 * heads * spec.head_dim * pairs
 
 

@@ -5,7 +5,9 @@ config. A family description (core/models/families/) turns a config.json into a 
 everything else (the forward, quantize, convert-gguf, inspect, plan-capacity) reads the spec.
 """
 
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 
 ROPE_KINDS = ("default", "linear", "llama3", "longrope")
 BLOCKS = ("pre", "sandwich", "post")  # where a layer's norms sit, see layers/decoder.py
@@ -117,10 +119,15 @@ class ModelSpec:
             softcap=self.attn_softcap,
         )
 
-    @property
+    @cached_property
     def windows(self) -> tuple[int | None, ...]:
-        """Each layer's attention window (None: full)."""
+        """Each layer's attention window (None: full). Cached: planners read it per step."""
         return tuple(self.layer_attention(i).window for i in range(self.num_layers))
+
+    @cached_property
+    def window_counts(self) -> tuple[tuple[int | None, int], ...]:
+        """(window, number of layers with it): what sums over layers need, a term per window."""
+        return tuple(Counter(self.windows).items())
 
     @property
     def mlp_intermediate_size(self) -> int:
@@ -142,7 +149,7 @@ class ModelSpec:
         per_layer = 2 * self.kv_size * bytes_per_element
         if context is None:
             return self.num_layers * per_layer
-        total = sum(per_layer * (min(w, context) if w else context) for w in self.windows)
+        total = sum(n * per_layer * (min(w, context) if w else context) for w, n in self.window_counts)
         return -(-total // context)
 
     @property
